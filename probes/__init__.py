@@ -1,0 +1,37 @@
+"""Measurements: transport probes (raw SYN or connect()), and later trace, SMTP and DNS checks.
+
+The public surface is small: build :class:`Target` objects, call :func:`probe`, read
+:class:`ProbeResult` objects whose ``verdict`` is a :class:`Verdict`.
+"""
+
+from __future__ import annotations
+
+from probes.classify import Verdict
+from probes.result import ProbeResult, Target
+from probes.syn import Options
+
+
+class RawUnavailable(Exception):
+    """Raw sockets were required (``method="raw"``) but this process lacks CAP_NET_RAW."""
+
+
+def probe(
+    targets: list[Target], *, method: str = "auto", options: Options | None = None
+) -> list[ProbeResult]:
+    """Probe every target in one batch. ``method``: ``raw``, ``connect`` or ``auto``
+    (raw when CAP_NET_RAW is held, else connect())."""
+    options = options or Options()
+    if method in ("auto", "raw"):
+        try:
+            from probes.syn import probe_raw
+
+            return probe_raw(targets, options)
+        except PermissionError as e:
+            if method == "raw":
+                raise RawUnavailable(str(e)) from e
+    from probes.connect import probe_connect
+
+    return probe_connect(targets, timeout=options.timeout, retries=options.retries)
+
+
+__all__ = ["Options", "ProbeResult", "RawUnavailable", "Target", "Verdict", "probe"]

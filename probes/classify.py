@@ -1,0 +1,139 @@
+"""What a reply to a SYN means: the verdict vocabulary of DESIGN.md and the pure rules behind it.
+
+Nothing here does I/O. ``read_reply`` turns a received datagram into a :class:`Reply` naming
+the flow and the sequence number it answers; the probe engine then accepts it only if that
+flow and sequence number are ones it really sent (strict matching, as nmap does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from probes import wire
+
+
+class Verdict(StrEnum):
+    OPEN = "open"
+    REFUSED = "refused"
+    RESET_IN_PATH = "reset-in-path"
+    REJECTED = "rejected"
+    UNREACHABLE = "unreachable"
+    FILTERED = "filtered"
+
+
+class ReplyKind(StrEnum):
+    SYN_ACK = "syn-ack"
+    RST = "rst"
+    UNREACH = "unreach"  # ICMP destination unreachable, any code
+    TIME_EXCEEDED = "time-exceeded"
+    ECHO_REPLY = "echo-reply"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A probe's flow seen from our side: (local address, local port, remote address, remote port)."""
+
+    local: str
+    sport: int
+    remote: str
+    dport: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    kind: ReplyKind
+    responder: str  # source address of the reply
+    ttl: int  # IP TTL / hop limit as received
+    flow: Flow | None  # the probe flow it refers to (None for echo replies)
+    seq: int  # the sequence number of ours it answers (echo: the echo seq)
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    ident: int = 0  # echo identifier
+
+    @property
+    def hop(self) -> int:
+        return infer_hop(self.ttl)
+
+
+_INITIAL_TTLS = (64, 128, 255)
+
+
+def infer_hop(ttl: int) -> int:
+    """Hop distance of a responder from the TTL its packet arrived with (DESIGN.md).
+
+    The first router is hop 1: a packet sent with the initial TTL and decremented by
+    ``k`` routers left the responder at hop ``k + 1``.
+    """
+    initial = next((i for i in _INITIAL_TTLS if i >= ttl), 255)
+    return initial - ttl + 1
+
+
+def read_reply(dg: wire.Datagram) -> Reply | None:
+    """Normalise a datagram into a Reply, or None if it cannot be a reply to one of our probes."""
+    if dg.proto == wire.PROTO_TCP:
+        tcp = wire.parse_tcp(dg)
+        if tcp is None:
+            return None
+        flow = Flow(dg.dst, tcp.dport, dg.src, tcp.sport)
+        if tcp.flags & wire.RST:
+            # RST to a SYN carries ACK with ack = seq + 1 (RFC 9293 3.10.7.1); a bare RST
+            # cannot be tied to our probe, so it is not accepted as evidence.
+            if not tcp.flags & wire.ACK:
+                return None
+            return Reply(ReplyKind.RST, dg.src, dg.ttl, flow, (tcp.ack - 1) & 0xFFFFFFFF)
+        if tcp.flags & (wire.SYN | wire.ACK) == wire.SYN | wire.ACK:
+            return Reply(ReplyKind.SYN_ACK, dg.src, dg.ttl, flow, (tcp.ack - 1) & 0xFFFFFFFF)
+        return None
+    if dg.proto not in (wire.PROTO_ICMP, wire.PROTO_ICMPV6):
+        return None
+    msg = wire.parse_icmp(dg)
+    if msg is None:
+        return None
+    if msg.quote is None:
+        return Reply(
+            ReplyKind.ECHO_REPLY, dg.src, dg.ttl, None, msg.seq,
+            msg.type, msg.code, ident=msg.ident,
+        )
+    q = msg.quote
+    # The quoted packet must be ours: sent from the address this error came back to.
+    if q.src != dg.dst:
+        return None
+    flow = Flow(q.src, q.sport, q.dst, q.dport) if q.proto == wire.PROTO_TCP else None
+    if flow is None:
+        return None
+    unreach = wire.ICMP6_UNREACH if dg.family == 6 else wire.ICMP_UNREACH
+    kind = ReplyKind.UNREACH if msg.type == unreach else ReplyKind.TIME_EXCEEDED
+    return Reply(kind, dg.src, dg.ttl, flow, q.seq, msg.type, msg.code)
+
+
+# ICMP destination-unreachable codes (REFERENCE.md). Admin-prohibited and, for TCP,
+# port/protocol unreachable are a firewall's REJECT; the rest say routing failed.
+_REJECT_CODES = {4: {2, 3, 9, 10, 13}, 6: {1, 4, 5, 6}}
+_ICMP_NAMES = {
+    4: {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
+        3: "port unreachable", 4: "fragmentation needed", 5: "source route failed",
+        6: "net unknown", 7: "host unknown", 9: "net administratively prohibited",
+        10: "host administratively prohibited", 11: "net unreachable for TOS",
+        12: "host unreachable for TOS", 13: "communication administratively prohibited"},
+    6: {0: "no route to destination", 1: "administratively prohibited",
+        2: "beyond scope of source address", 3: "address unreachable", 4: "port unreachable",
+        5: "source address failed ingress/egress policy", 6: "reject route to destination"},
+}
+
+
+def unreach_verdict(family: int, code: int) -> Verdict:
+    """Verdict for an ICMP destination-unreachable with this code answering a TCP SYN."""
+    return Verdict.REJECTED if code in _REJECT_CODES[family] else Verdict.UNREACHABLE
+
+
+def icmp_name(family: int, icmp_type: int, code: int) -> str:
+    """Human name of an ICMP error, as traceroute and nmap --reason print it."""
+    if icmp_type == (wire.ICMP6_TIME_EXCEEDED if family == 6 else wire.ICMP_TIME_EXCEEDED):
+        return "time exceeded"
+    return _ICMP_NAMES[family].get(code, f"unreachable code {code}")
+
+
+def is_prohibited(family: int, code: int) -> bool:
+    """Administratively prohibited (traceroute's ``!X``), as opposed to other unreachables."""
+    return code in ({9, 10, 13} if family == 4 else {1})

@@ -1,0 +1,410 @@
+"""Raw TCP SYN probes, batched: a sans-I/O state machine plus a thin driver.
+
+:class:`SynBatch` never touches a socket. The driver asks it what to send (:meth:`poll`),
+feeds it what came back (:meth:`feed`) and sleeps until :meth:`next_wakeup`. That keeps every
+timing decision testable with a simulated clock and a simulated network.
+
+How a batch runs:
+
+1. *Fast phase*: one SYN per target, paced by our own send rate; every unanswered SYN is
+   retried ``retries`` times, each try waiting ``timeout``.
+2. *Settle phase*:
+   - Routers rate-limit ICMP errors per destination (Linux: a burst of 6, then one per
+     second). If any ICMP error arrived, an unanswered probe may have been a reject whose
+     ICMP was suppressed, so it is re-sent alone and paced: only once every router that sent
+     us errors has had ``icmp_interval`` to earn a token since its last error and since our
+     last paced probe. Silence then really is a silent drop.
+   - A RST's hop (TTL-inferred) is compared with the destination's hop, learnt from other
+     replies of that address (SYN-ACK, ICMP from the address, echo reply). When the batch
+     does not tell, we ask: an ICMP echo to the address, and the same SYN with TTL equal to
+     the RST's hop. Time-exceeded to that SYN proves something lies beyond the RST's origin.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from probes import wire
+from probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, read_reply, unreach_verdict
+from probes.local import LOCAL, local_verdict
+from probes.result import ProbeResult, Target
+
+DEFAULT_TTL = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One packet the driver must put on the wire. ``payload`` is the L4 message."""
+
+    family: int
+    src: str
+    dst: str
+    proto: int
+    payload: bytes
+    ttl: int
+    key: object = None  # handed back in send_failed
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: Target
+    flow: Flow | None  # None when the host has no route (local verdict)
+    attempts: int = 0
+    reply: Reply | None = None
+    rtt: float | None = None
+    local_errno: int | None = None
+    paced: bool = False  # its last try was a paced one
+    done: bool = False
+    live: bool = False  # a try is in flight and its timer runs
+
+
+@dataclass(slots=True)
+class _Check:
+    """A question asked to place a RST: an echo to the address, or a TTL-limited SYN."""
+
+    address: str
+    ttl: int  # TTL-limited SYN: the RST's hop; echo: DEFAULT_TTL
+    flow: Flow | None  # None for an echo
+    src: str
+    attempts: int = 0
+    reply: Reply | None = None
+    done: bool = False
+    live: bool = False  # a try is in flight and its timer runs
+
+
+@dataclass
+class Options:
+    timeout: float = 1.0  # seconds to wait for each try
+    retries: int = 2  # tries after the first
+    icmp_interval: float = 1.0  # assumed ICMP error token rate of a router (Linux default)
+    rate: float = 20000.0  # our own packets per second
+    burst: int = 512
+
+
+@dataclass
+class _Seq:
+    owner: _Probe | _Check
+    sent_at: float
+
+
+@dataclass
+class SynBatch:
+    targets: list[Target]
+    sources: dict[str, str | int]  # address -> our source address, or the errno of no route
+    options: Options = field(default_factory=Options)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        o = self.options
+        self._probes: list[_Probe] = []
+        self._seqs: dict[tuple[Flow, int], _Seq] = {}
+        self._echo: dict[tuple[str, int], _Seq] = {}
+        self._echo_ident = self.rng.randrange(1, 0x10000)
+        self._pending: deque[_Probe] = deque()  # never sent yet
+        self._retry: deque[_Probe] = deque()
+        self._paced: deque[_Probe | _Check] = deque()
+        self._free_checks: deque[_Check] = deque()  # checks that need no pacing
+        self._timers: list[tuple[float, int, _Probe | _Check]] = []
+        self._tick = 0
+        self._inflight = 0  # items with a live try
+        self._tokens = float(o.burst)
+        self._token_time: float | None = None
+        self._settling = False
+        self._errors_from: dict[str, float] = {}  # ICMP error source -> arrival of its last
+        self._last_paced = float("-inf")
+        self._max_rtt = 0.0
+        self._dest_hop: dict[str, int] = {}
+        self._beyond: dict[str, int] = {}  # address -> a hop its SYN was seen to pass
+        self._checks: list[_Check] = []
+        self._exhausted: list[_Probe] = []  # fast tries used up, waiting for the settle phase
+        self._locals = {s for s in self.sources.values() if isinstance(s, str)}
+        base = self.rng.randrange(33000, 60000)
+        for n, t in enumerate(self.targets):
+            src = self.sources.get(t.address)
+            p = _Probe(t, None)
+            if isinstance(src, str):
+                # one source port per target; the port spread keeps flows distinct per address
+                sport = 1024 + (base + n) % 64000
+                p.flow = Flow(src, sport, t.address, t.port)
+                self._pending.append(p)
+            else:
+                p.local_errno = src if isinstance(src, int) else 0
+                p.done = True
+            self._probes.append(p)
+
+    # -- driver interface -------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        busy = self._pending or self._retry or self._paced or self._free_checks or self._inflight
+        return self._settling and not busy
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return sum(p.done for p in self._probes), len(self._probes)
+
+    def next_wakeup(self, now: float) -> float:
+        """When poll() next has something to do (a timer, a paced slot or send tokens)."""
+        times = [self._timers[0][0]] if self._timers else []
+        if self._pending or self._retry or self._free_checks:
+            times.append(now if self._tokens >= 1 else now + 1 / self.options.rate)
+        if self._paced:
+            times.append(self._pace_gate())
+        return min(times, default=now + self.options.timeout)
+
+    def poll(self, now: float) -> list[Send]:
+        self._expire(now)
+        self._refill(now)
+        sends: list[Send] = []
+        for queue in (self._retry, self._free_checks, self._pending):
+            while queue and self._tokens >= 1:
+                item = queue.popleft()
+                if not item.done:
+                    sends.append(self._send(item, now))
+                    self._tokens -= 1
+        if self._paced and now >= self._pace_gate():
+            item = self._paced.popleft()
+            if not item.done:
+                sends.append(self._send(item, now))
+                self._last_paced = now
+                if isinstance(item, _Probe):
+                    item.paced = True
+        if not self._settling and not (self._pending or self._retry or self._inflight):
+            self._settle()
+            if self._free_checks or self._paced:
+                sends.extend(self.poll(now))
+        return sends
+
+    def feed(self, dg: wire.Datagram, now: float) -> None:
+        reply = read_reply(dg)
+        if reply is None:
+            return
+        if reply.kind is ReplyKind.ECHO_REPLY:
+            seq = self._echo.get((reply.responder, reply.seq))
+            if seq is None or reply.ident != self._echo_ident:
+                return
+        else:
+            seq = self._seqs.get((reply.flow, reply.seq))
+            if seq is None:
+                return
+        if reply.kind in (ReplyKind.UNREACH, ReplyKind.TIME_EXCEEDED):
+            self._errors_from[reply.responder] = now
+        self._max_rtt = max(self._max_rtt, now - seq.sent_at)
+        owner = seq.owner
+        if owner.done:
+            return
+        owner.reply, owner.done = reply, True
+        if owner.live:
+            owner.live = False
+            self._inflight -= 1
+        if isinstance(owner, _Probe):
+            owner.rtt = now - seq.sent_at
+            self._learn(owner.target.address, reply)
+        else:
+            self._learn_check(owner, reply)
+
+    def send_failed(self, send: Send, err: int, now: float) -> None:
+        """The kernel would not send: no route, a local firewall, or a full queue."""
+        item = send.key
+        if item.live:
+            item.live = False
+            self._inflight -= 1
+        if err in (errno.EAGAIN, errno.ENOBUFS):  # queue full: back off, try again
+            item.attempts -= 1
+            self._retry.append(item)
+            self._tokens = min(self._tokens, 0.0)
+            return
+        if isinstance(item, _Probe):
+            item.local_errno = err
+        item.done = True
+
+    def results(self) -> list[ProbeResult]:
+        return [self._result(p) for p in self._probes]
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _refill(self, now: float) -> None:
+        o = self.options
+        if self._token_time is not None:
+            self._tokens = min(o.burst, self._tokens + (now - self._token_time) * o.rate)
+        self._token_time = now
+
+    def _pace_gate(self) -> float:
+        """Earliest time a paced packet may go, so each error-sending router has a token."""
+        gap = self.options.icmp_interval
+        last_error = max(self._errors_from.values(), default=float("-inf"))
+        return max(self._last_paced + gap + self._max_rtt, last_error + gap)
+
+    def _send(self, item: _Probe | _Check, now: float) -> Send:
+        item.attempts += 1
+        item.live = True
+        self._inflight += 1
+        heapq.heappush(self._timers, (now + self.options.timeout, self._tick, item))
+        self._tick += 1
+        if isinstance(item, _Check) and item.flow is None:  # echo
+            seq = self.rng.randrange(0x10000)
+            self._echo[(item.address, seq)] = _Seq(item, now)
+            v6 = ":" in item.address
+            payload = wire.icmp_echo(self._echo_ident, seq, v6=v6, src=item.src, dst=item.address)
+            proto = wire.PROTO_ICMPV6 if v6 else wire.PROTO_ICMP
+            return Send(6 if v6 else 4, item.src, item.address, proto, payload, DEFAULT_TTL, item)
+        flow = item.flow
+        seq = self.rng.getrandbits(32)
+        self._seqs[(flow, seq)] = _Seq(item, now)
+        ttl = item.ttl if isinstance(item, _Check) else DEFAULT_TTL
+        payload = wire.tcp_segment(flow.local, flow.remote, flow.sport, flow.dport, seq)
+        family = 6 if ":" in flow.remote else 4
+        return Send(family, flow.local, flow.remote, wire.PROTO_TCP, payload, ttl, item)
+
+    def _expire(self, now: float) -> None:
+        retries = self.options.retries
+        while self._timers and self._timers[0][0] <= now:
+            _, _, item = heapq.heappop(self._timers)
+            if not item.live:
+                continue
+            item.live = False
+            self._inflight -= 1
+            if isinstance(item, _Check):
+                if item.attempts > retries:
+                    item.done = True
+                elif item.flow is not None and self._errors_from:
+                    self._paced.appendleft(item)  # its time-exceeded may have been rate-limited
+                else:
+                    self._free_checks.append(item)
+            elif item.paced:
+                item.done = True  # a paced try had a token at every router: a real drop
+            elif item.attempts <= retries:
+                self._retry.append(item)
+            elif not self._settling:
+                self._exhausted.append(item)
+            elif self._errors_from:
+                self._paced.append(item)
+            else:
+                item.done = True
+
+    def _settle(self) -> None:
+        """The fast phase is over: queue paced retries and the checks that place RSTs."""
+        self._settling = True
+        for p in self._exhausted:
+            if self._errors_from:
+                self._paced.append(p)
+            else:
+                p.done = True
+        self._exhausted.clear()
+        rst_hops: dict[str, dict[int, _Probe]] = {}
+        for p in self._probes:
+            if p.reply and p.reply.kind is ReplyKind.RST:
+                rst_hops.setdefault(p.target.address, {}).setdefault(p.reply.hop, p)
+        for address, hops in rst_hops.items():
+            if address in self._dest_hop:
+                continue
+            src = next(iter(hops.values())).flow.local
+            echo = _Check(address, DEFAULT_TTL, None, src)
+            self._checks.append(echo)
+            self._free_checks.append(echo)
+            for hop, p in sorted(hops.items()):
+                check = _Check(address, hop, p.flow, src)
+                self._checks.append(check)
+                (self._paced if self._errors_from else self._free_checks).appendleft(check)
+
+    def _learn(self, address: str, reply: Reply) -> None:
+        """Record the destination's hop when a reply certainly came from the destination."""
+        if reply.responder != address:
+            return
+        if reply.kind in (ReplyKind.SYN_ACK, ReplyKind.UNREACH, ReplyKind.ECHO_REPLY):
+            self._dest_hop[address] = max(self._dest_hop.get(address, 0), reply.hop)
+
+    def _learn_check(self, check: _Check, reply: Reply) -> None:
+        if check.flow is None:
+            self._learn(check.address, reply)
+        elif reply.kind is ReplyKind.TIME_EXCEEDED:
+            self._beyond[check.address] = max(self._beyond.get(check.address, 0), check.ttl)
+        elif reply.kind is ReplyKind.SYN_ACK:
+            self._learn(check.address, reply)
+
+    def _confirmed(self, address: str, hop: int) -> bool:
+        """A SYN with TTL ``hop`` drew a RST again: the RST's origin is the destination."""
+        return any(
+            c.address == address and c.flow is not None and c.ttl == hop
+            and c.reply is not None and c.reply.kind is ReplyKind.RST
+            for c in self._checks
+        )
+
+    def _result(self, p: _Probe) -> ProbeResult:
+        t = p.target
+        dest_hop = self._dest_hop.get(t.address)
+        base = dict(host=t.host, address=t.address, port=t.port, method="raw", attempts=p.attempts)
+        if p.flow is None or p.local_errno is not None:
+            verdict, why = local_verdict(p.local_errno or 0)
+            return ProbeResult(**base, verdict=verdict, reason=why, responder=LOCAL, responder_hop=0)
+        r = p.reply
+        if r is None:
+            wait = self.options.timeout
+            why = f"no reply to {p.attempts} SYN{'s' if p.attempts > 1 else ''} ({wait:g} s each)"
+            if p.paced:
+                routers = ", ".join(sorted(self._errors_from))
+                why += f"; the last one paced so that ICMP rate limits ({routers}) could not hide a reject"
+            return ProbeResult(**base, verdict=Verdict.FILTERED, reason=why, destination_hop=dest_hop)
+        hop = 0 if r.responder in self._locals and r.responder != t.address else r.hop
+        common = dict(
+            base, responder=r.responder, responder_hop=hop,
+            rtt_ms=round(p.rtt * 1000, 3) if p.rtt is not None else None,
+        )
+        if r.kind is ReplyKind.SYN_ACK:
+            return ProbeResult(**common, verdict=Verdict.OPEN, destination_hop=dest_hop,
+                               reason=f"SYN-ACK from {r.responder} (hop {hop})")
+        if r.kind is ReplyKind.RST:
+            return self._rst_result(common, r, dest_hop)
+        family = 6 if ":" in r.responder else 4
+        name = icmp_name(family, r.icmp_type, r.icmp_code)
+        icmp = {"type": r.icmp_type, "code": r.icmp_code, "name": name}
+        where = "this host" if hop == 0 else f"{r.responder} (hop {hop})"
+        if r.kind is ReplyKind.TIME_EXCEEDED:
+            return ProbeResult(**common, verdict=Verdict.UNREACHABLE, icmp=icmp, destination_hop=dest_hop,
+                               reason=f"ICMP time exceeded from {where}: a routing loop")
+        verdict = unreach_verdict(family, r.icmp_code)
+        return ProbeResult(**common, verdict=verdict, icmp=icmp, destination_hop=dest_hop,
+                           reason=f"ICMP {name} from {where}")
+
+    def _rst_result(self, common: dict, r: Reply, dest_hop: int | None) -> ProbeResult:
+        address, hop = common["address"], common["responder_hop"]
+        if dest_hop is not None:
+            if hop < dest_hop:
+                return ProbeResult(
+                    **common, verdict=Verdict.RESET_IN_PATH, destination_hop=dest_hop,
+                    reason=f"RST carrying {address} came from hop {hop}, but {address} is at hop "
+                    f"{dest_hop}: forged by a device in the path")
+            return ProbeResult(**common, verdict=Verdict.REFUSED, destination_hop=dest_hop,
+                               reason=f"RST from {address} itself (hop {hop}): nothing listens")
+        if self._beyond.get(address, 0) >= hop:
+            return ProbeResult(
+                **common, verdict=Verdict.RESET_IN_PATH, destination_hop=None,
+                reason=f"RST carrying {address} came from hop {hop}, but a SYN with TTL {hop} "
+                f"expired there: {address} is further away, the RST was forged in the path")
+        if self._confirmed(address, hop):
+            return ProbeResult(**common, verdict=Verdict.REFUSED, destination_hop=hop,
+                               reason=f"RST from {address} itself (hop {hop}, confirmed by a SYN "
+                               f"with TTL {hop}): nothing listens")
+        return ProbeResult(**common, verdict=Verdict.REFUSED, destination_hop=None,
+                           reason=f"RST from hop {hop}; its origin could not be confirmed "
+                           "(no echo reply, no answer to a TTL-limited SYN)")
+
+
+def probe_raw(
+    targets: list[Target], options: Options, progress: Callable[[int, int], None] | None = None
+) -> list[ProbeResult]:
+    """Probe all targets in one raw batch. Raises PermissionError without CAP_NET_RAW."""
+    from probes.local import route
+    from probes.rawsock import RawNet, drive
+
+    with RawNet({t.family for t in targets}) as net:
+        sources = {a: route(a) for a in {t.address for t in targets}}
+        batch = SynBatch(targets, sources, options)
+        tick = (lambda: progress(*batch.progress)) if progress else None
+        drive(batch, net, progress=tick)
+    return batch.results()
