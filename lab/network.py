@@ -15,6 +15,7 @@ Kernel defaults stay on (ICMP rate limits included): real routers rate-limit too
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import shutil
@@ -129,8 +130,23 @@ class Lab:
             self.sysctl(node, "net.ipv6.conf.all.forwarding", forward)
             self.sysctl(node, "net.ipv6.conf.default.accept_dad", "0")
         for ln in LINKS:
-            _run(["ip", "-n", self.ns(ln.a), "link", "add", ln.b, "type", "veth",
-                  "peer", "name", ln.a, "netns", self.ns(ln.b)])
+            _run(
+                [
+                    "ip",
+                    "-n",
+                    self.ns(ln.a),
+                    "link",
+                    "add",
+                    ln.b,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    ln.a,
+                    "netns",
+                    self.ns(ln.b),
+                ]
+            )
             for node, ifname in ((ln.a, ln.b), (ln.b, ln.a)):
                 self.sh(node, f"ip addr add {ln.addr(node, 4)}/24 dev {ifname}")
                 self.sh(node, f"ip -6 addr add {ln.addr(node, 6)}/64 dev {ifname} nodad")
@@ -183,10 +199,23 @@ class Lab:
 
     # -- running things ------------------------------------------------------------------
 
-    def exec(self, node: str, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
-             env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(node), *argv], check=check,
-                              capture_output=True, text=True, timeout=timeout, env=env)
+    def exec(
+        self,
+        node: str,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = None,
+        env: dict | None = None,
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(node), *argv],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
 
     def sh(self, node: str, command: str) -> None:
         """Run one configuration command in ``node``; failures raise with the command's stderr."""
@@ -216,8 +245,9 @@ class Lab:
             target = "DROP" if action == "drop" else f"REJECT --reject-with {REJECTS[action][fam == 6]}"
             self.sh(node, f"{tool} -A {chain} -p tcp --syn --dport {ports} -j {target}")
 
-    def route(self, node: str, kind: str, *, dest: str | None = None, port: int | None = None,
-              family: int = 4) -> None:
+    def route(
+        self, node: str, kind: str, *, dest: str | None = None, port: int | None = None, family: int = 4
+    ) -> None:
         """Add an ``unreachable``/``prohibit``/``blackhole`` route on ``node``: for ``dest``
         (a prefix), or for TCP to ``port`` through a policy rule and a table of its own."""
         if kind not in ROUTE_TYPES:
@@ -249,8 +279,7 @@ class Lab:
         import sys
 
         spec = ",".join(str(p) for p in ports)
-        p = self.popen(node, [sys.executable, "-m", "lab.listen", spec],
-                       stdout=subprocess.PIPE, text=True)
+        p = self.popen(node, [sys.executable, "-m", "lab.listen", spec], stdout=subprocess.PIPE, text=True)
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"listener on {node} did not start")
         return p
@@ -307,9 +336,7 @@ def sweep(prefix: str = "mp") -> list[str]:
 def _delete_ns(ns: str) -> None:
     """Kill whatever still runs in ``ns``, then delete it (its veth ends go with it)."""
     for pid in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
     _run(["ip", "netns", "del", ns], check=False)
     shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)

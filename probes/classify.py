@@ -92,8 +92,14 @@ def read_reply(dg: wire.Datagram) -> Reply | None:
         return None
     if msg.quote is None:
         return Reply(
-            ReplyKind.ECHO_REPLY, dg.src, dg.ttl, None, msg.seq,
-            msg.type, msg.code, ident=msg.ident,
+            ReplyKind.ECHO_REPLY,
+            dg.src,
+            dg.ttl,
+            None,
+            msg.seq,
+            msg.type,
+            msg.code,
+            ident=msg.ident,
         )
     q = msg.quote
     # The quoted packet must be ours: sent from the address this error came back to.
@@ -111,14 +117,30 @@ def read_reply(dg: wire.Datagram) -> Reply | None:
 # port/protocol unreachable are a firewall's REJECT; the rest say routing failed.
 _REJECT_CODES = {4: {2, 3, 9, 10, 13}, 6: {1, 4, 5, 6}}
 _ICMP_NAMES = {
-    4: {0: "net unreachable", 1: "host unreachable", 2: "protocol unreachable",
-        3: "port unreachable", 4: "fragmentation needed", 5: "source route failed",
-        6: "net unknown", 7: "host unknown", 9: "net administratively prohibited",
-        10: "host administratively prohibited", 11: "net unreachable for TOS",
-        12: "host unreachable for TOS", 13: "communication administratively prohibited"},
-    6: {0: "no route to destination", 1: "administratively prohibited",
-        2: "beyond scope of source address", 3: "address unreachable", 4: "port unreachable",
-        5: "source address failed ingress/egress policy", 6: "reject route to destination"},
+    4: {
+        0: "net unreachable",
+        1: "host unreachable",
+        2: "protocol unreachable",
+        3: "port unreachable",
+        4: "fragmentation needed",
+        5: "source route failed",
+        6: "net unknown",
+        7: "host unknown",
+        9: "net administratively prohibited",
+        10: "host administratively prohibited",
+        11: "net unreachable for TOS",
+        12: "host unreachable for TOS",
+        13: "communication administratively prohibited",
+    },
+    6: {
+        0: "no route to destination",
+        1: "administratively prohibited",
+        2: "beyond scope of source address",
+        3: "address unreachable",
+        4: "port unreachable",
+        5: "source address failed ingress/egress policy",
+        6: "reject route to destination",
+    },
 }
 
 

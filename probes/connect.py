@@ -69,25 +69,33 @@ async def _probe_one(t: Target, timeout: float, retries: int, gate: asyncio.Sema
         verdict, why = local_verdict(source)
         return ProbeResult(**base, verdict=verdict, reason=why, responder=LOCAL, responder_hop=0)
     async with gate:
-        for attempt in range(1, retries + 2):
+        attempt, verdict = 0, None
+        while verdict is None and attempt <= retries:
+            attempt += 1
             verdict, err, elapsed = await _connect_once(t, timeout)
-            if verdict is not None:
-                break
     if verdict is None:
         return ProbeResult(
-            **base, attempts=attempt, verdict=Verdict.FILTERED, limitations=[_LIMITS[Verdict.FILTERED]],
+            **base,
+            attempts=attempt,
+            verdict=Verdict.FILTERED,
+            limitations=[_LIMITS[Verdict.FILTERED]],
             reason=f"connect() timed out {attempt} time{'s' if attempt > 1 else ''} ({timeout:g} s each)",
         )
     if err == errno.EPERM:  # only this host's own netfilter answers EPERM
         why = local_verdict(err)[1]
-        return ProbeResult(**base, attempts=attempt, verdict=Verdict.REJECTED, reason=why,
-                           responder=LOCAL, responder_hop=0)
+        return ProbeResult(
+            **base, attempts=attempt, verdict=Verdict.REJECTED, reason=why, responder=LOCAL, responder_hop=0
+        )
     name = "connected" if err is None else errno.errorcode.get(err, str(err))
     answered_by_host = verdict in (Verdict.OPEN, Verdict.REFUSED)
     return ProbeResult(
-        **base, attempts=attempt, verdict=verdict, reason=f"connect(): {name}",
+        **base,
+        attempts=attempt,
+        verdict=verdict,
+        reason=f"connect(): {name}",
         responder=t.address if answered_by_host else None,
-        rtt_ms=round(elapsed * 1000, 3), limitations=[_LIMITS[verdict]],
+        rtt_ms=round(elapsed * 1000, 3),
+        limitations=[_LIMITS[verdict]],
     )
 
 

@@ -98,8 +98,11 @@ class RawNet:
             else:
                 anc = [
                     (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, _HOPLIMIT.pack(pkt.ttl)),
-                    (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
-                     socket.inet_pton(socket.AF_INET6, pkt.src) + struct.pack("I", 0)),
+                    (
+                        socket.IPPROTO_IPV6,
+                        socket.IPV6_PKTINFO,
+                        socket.inet_pton(socket.AF_INET6, pkt.src) + struct.pack("I", 0),
+                    ),
                 ]
                 self._send6[pkt.proto].sendmsg([pkt.payload], anc, 0, (pkt.dst, 0))
         except OSError as e:
@@ -117,10 +120,7 @@ class RawNet:
             sock = by_fd[fd]
             while len(out) < limit:
                 try:
-                    if family == 4:
-                        dg = wire.parse_ipv4(sock.recv(65535))
-                    else:
-                        dg = _recv6(sock, proto)
+                    dg = wire.parse_ipv4(sock.recv(65535)) if family == 4 else _recv6(sock, proto)
                 except BlockingIOError:
                     break
                 except OSError:

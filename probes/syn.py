@@ -330,8 +330,11 @@ class SynBatch:
     def _confirmed(self, address: str, hop: int) -> bool:
         """A SYN with TTL ``hop`` drew a RST again: the RST's origin is the destination."""
         return any(
-            c.address == address and c.flow is not None and c.ttl == hop
-            and c.reply is not None and c.reply.kind is ReplyKind.RST
+            c.address == address
+            and c.flow is not None
+            and c.ttl == hop
+            and c.reply is not None
+            and c.reply.kind is ReplyKind.RST
             for c in self._checks
         )
 
@@ -352,12 +355,18 @@ class SynBatch:
             return ProbeResult(**base, verdict=Verdict.FILTERED, reason=why, destination_hop=dest_hop)
         hop = 0 if r.responder in self._locals and r.responder != t.address else r.hop
         common = dict(
-            base, responder=r.responder, responder_hop=hop,
+            base,
+            responder=r.responder,
+            responder_hop=hop,
             rtt_ms=round(p.rtt * 1000, 3) if p.rtt is not None else None,
         )
         if r.kind is ReplyKind.SYN_ACK:
-            return ProbeResult(**common, verdict=Verdict.OPEN, destination_hop=dest_hop,
-                               reason=f"SYN-ACK from {r.responder} (hop {hop})")
+            return ProbeResult(
+                **common,
+                verdict=Verdict.OPEN,
+                destination_hop=dest_hop,
+                reason=f"SYN-ACK from {r.responder} (hop {hop})",
+            )
         if r.kind is ReplyKind.RST:
             return self._rst_result(common, r, dest_hop)
         family = 6 if ":" in r.responder else 4
@@ -365,34 +374,58 @@ class SynBatch:
         icmp = {"type": r.icmp_type, "code": r.icmp_code, "name": name}
         where = "this host" if hop == 0 else f"{r.responder} (hop {hop})"
         if r.kind is ReplyKind.TIME_EXCEEDED:
-            return ProbeResult(**common, verdict=Verdict.UNREACHABLE, icmp=icmp, destination_hop=dest_hop,
-                               reason=f"ICMP time exceeded from {where}: a routing loop")
+            return ProbeResult(
+                **common,
+                verdict=Verdict.UNREACHABLE,
+                icmp=icmp,
+                destination_hop=dest_hop,
+                reason=f"ICMP time exceeded from {where}: a routing loop",
+            )
         verdict = unreach_verdict(family, r.icmp_code)
-        return ProbeResult(**common, verdict=verdict, icmp=icmp, destination_hop=dest_hop,
-                           reason=f"ICMP {name} from {where}")
+        return ProbeResult(
+            **common, verdict=verdict, icmp=icmp, destination_hop=dest_hop, reason=f"ICMP {name} from {where}"
+        )
 
     def _rst_result(self, common: dict, r: Reply, dest_hop: int | None) -> ProbeResult:
         address, hop = common["address"], common["responder_hop"]
         if dest_hop is not None:
             if hop < dest_hop:
                 return ProbeResult(
-                    **common, verdict=Verdict.RESET_IN_PATH, destination_hop=dest_hop,
+                    **common,
+                    verdict=Verdict.RESET_IN_PATH,
+                    destination_hop=dest_hop,
                     reason=f"RST carrying {address} came from hop {hop}, but {address} is at hop "
-                    f"{dest_hop}: forged by a device in the path")
-            return ProbeResult(**common, verdict=Verdict.REFUSED, destination_hop=dest_hop,
-                               reason=f"RST from {address} itself (hop {hop}): nothing listens")
+                    f"{dest_hop}: forged by a device in the path",
+                )
+            return ProbeResult(
+                **common,
+                verdict=Verdict.REFUSED,
+                destination_hop=dest_hop,
+                reason=f"RST from {address} itself (hop {hop}): nothing listens",
+            )
         if self._beyond.get(address, 0) >= hop:
             return ProbeResult(
-                **common, verdict=Verdict.RESET_IN_PATH, destination_hop=None,
+                **common,
+                verdict=Verdict.RESET_IN_PATH,
+                destination_hop=None,
                 reason=f"RST carrying {address} came from hop {hop}, but a SYN with TTL {hop} "
-                f"expired there: {address} is further away, the RST was forged in the path")
+                f"expired there: {address} is further away, the RST was forged in the path",
+            )
         if self._confirmed(address, hop):
-            return ProbeResult(**common, verdict=Verdict.REFUSED, destination_hop=hop,
-                               reason=f"RST from {address} itself (hop {hop}, confirmed by a SYN "
-                               f"with TTL {hop}): nothing listens")
-        return ProbeResult(**common, verdict=Verdict.REFUSED, destination_hop=None,
-                           reason=f"RST from hop {hop}; its origin could not be confirmed "
-                           "(no echo reply, no answer to a TTL-limited SYN)")
+            return ProbeResult(
+                **common,
+                verdict=Verdict.REFUSED,
+                destination_hop=hop,
+                reason=f"RST from {address} itself (hop {hop}, confirmed by a SYN "
+                f"with TTL {hop}): nothing listens",
+            )
+        return ProbeResult(
+            **common,
+            verdict=Verdict.REFUSED,
+            destination_hop=None,
+            reason=f"RST from hop {hop}; its origin could not be confirmed "
+            "(no echo reply, no answer to a TTL-limited SYN)",
+        )
 
 
 def probe_raw(

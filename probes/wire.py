@@ -64,9 +64,7 @@ def tcp_segment(
     """A TCP header (no payload) with a valid checksum; an MSS option when ``mss`` is set."""
     options = _MSS_OPTION + struct.pack("!H", mss) if mss else b""
     offset = (20 + len(options)) // 4
-    header = struct.pack(
-        "!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags, window, 0, 0
-    ) + options
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags, window, 0, 0) + options
     csum = checksum(pseudo_header(src, dst, PROTO_TCP, len(header)) + header)
     return header[:16] + struct.pack("!H", csum) + header[18:]
 
@@ -85,8 +83,16 @@ def ipv4_packet(src: str, dst: str, proto: int, payload: bytes, *, ttl: int, ide
     """An IPv4 header (DF set) in front of ``payload``, for an IP_HDRINCL raw socket."""
     header = struct.pack(
         "!BBHHHBBH4s4s",
-        0x45, 0, 20 + len(payload), ident & 0xFFFF, 0x4000, ttl, proto, 0,
-        _packed(src), _packed(dst),
+        0x45,
+        0,
+        20 + len(payload),
+        ident & 0xFFFF,
+        0x4000,
+        ttl,
+        proto,
+        0,
+        _packed(src),
+        _packed(dst),
     )
     csum = checksum(header)
     return header[:10] + struct.pack("!H", csum) + header[12:] + payload

@@ -1,0 +1,119 @@
+"""Parsing what the user typed: targets (``HOST``, ``HOST:PORT``, ``[IPv6]:PORT``) and port lists.
+
+Pure apart from :func:`resolve`. Every error is an :class:`InputError` whose message names
+the offending value, so the CLI can print it on one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from probes.result import Target
+
+DEFAULT_PORTS = (25, 465, 587)
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+class InputError(ValueError):
+    """Bad user input; the message names the bad value."""
+
+
+def parse_ports(specs: Iterable[str]) -> list[int]:
+    """``["25,465", "30000-30010"]`` -> sorted unique ports. Empty input -> []."""
+    ports: set[int] = set()
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                raise InputError(f"empty port in {spec!r}")
+            lo, sep, hi = part.partition("-")
+            a, b = _port(lo, part), _port(hi, part) if sep else None
+            if b is None:
+                ports.add(a)
+            elif a > b:
+                raise InputError(f"port range {part!r} runs backwards")
+            else:
+                ports.update(range(a, b + 1))
+    return sorted(ports)
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit():
+        raise InputError(f"invalid port {whole!r}: not a number")
+    n = int(text)
+    if not 1 <= n <= 65535:
+        raise InputError(f"port {n} in {whole!r} is out of range 1-65535")
+    return n
+
+
+def is_hostname(name: str) -> bool:
+    """RFC 1123 host name (underscores tolerated, as resolvers do); a trailing dot is fine."""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):  # looks like a broken IPv4 literal
+        return False
+    return all(_LABEL.match(label) for label in labels)
+
+
+def parse_target(text: str) -> tuple[str, int | None]:
+    """Split a target into (host, port or None). IPv6 literals need brackets to carry a port."""
+    text = text.strip()
+    if not text:
+        raise InputError("empty target")
+    if text.startswith("["):
+        m = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", text)
+        if not m or not _is_ip(m.group(1), 6):
+            raise InputError(f"invalid target {text!r}: expected [IPv6] or [IPv6]:PORT")
+        return str(IPv6Address(m.group(1))), (_port(m.group(2), text) if m.group(2) is not None else None)
+    if text.count(":") >= 2:
+        if not _is_ip(text, 6):
+            raise InputError(f"invalid target {text!r}: not an IPv6 address")
+        return str(IPv6Address(text)), None
+    host, sep, port = text.partition(":")
+    if _is_ip(host, 4):
+        host = str(IPv4Address(host))
+    elif not is_hostname(host):
+        raise InputError(f"invalid host {host!r} in target {text!r}")
+    return host, (_port(port, text) if sep else None)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+Resolver = Callable[[str], list[str]]
+
+
+def resolve(host: str) -> list[str]:
+    """All A and AAAA addresses of ``host`` (through the system resolver, /etc/hosts included)."""
+    try:
+        return [str(ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise InputError(f"cannot resolve {host!r}: {e.strerror}") from None
+    seen: dict[str, None] = {}
+    for *_, sockaddr in infos:
+        seen.setdefault(sockaddr[0].split("%")[0])
+    return list(seen)
+
+
+def expand(texts: Iterable[str], ports: list[int], resolver: Resolver = resolve) -> list[Target]:
+    """Targets as typed -> one Target per (address, port), in the order given."""
+    parsed = [parse_target(t) for t in texts]  # all syntax errors before any lookup
+    out: dict[tuple[str, str, int], Target] = {}
+    for host, port in parsed:
+        for address in resolver(host):
+            for p in [port] if port is not None else (ports or list(DEFAULT_PORTS)):
+                out.setdefault((host, address, p), Target(host, address, p))
+    return list(out.values())

@@ -1,0 +1,227 @@
+"""The raw SYN state machine against a simulated network in virtual time.
+
+The simulated routers rate-limit ICMP like Linux, forge RSTs, drop and reject; the property
+is that every verdict matches what the path really does, whatever the rate-limit state.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from probes import wire
+from probes.classify import Verdict
+from probes.result import Target
+from probes.syn import Options, SynBatch
+from tests.simnet import CLOSED, DROP, FORGE_RST, OPEN, Path, Router, SimNet, icmp, run
+
+CLIENT = {4: "198.18.1.1", 6: "2001:db8:1::1"}
+ROUTER_CODES = {4: [0, 1, 2, 3, 9, 10, 13], 6: [0, 1, 3, 4, 5, 6]}
+DEST_CODES = {4: [3, 13, 10], 6: [1, 4]}
+
+
+def _routers(n: int, tokens: list[float], intervals: list[float]) -> list[Router]:
+    return [
+        Router(
+            f"198.18.{k}.254",
+            f"2001:db8:{k}::fe",
+            icmp_interval=intervals[k - 1],
+            initial_tokens=tokens[k - 1],
+        )
+        for k in range(1, n + 1)
+    ]
+
+
+@st.composite
+def scenarios(draw):
+    family = draw(st.sampled_from([4, 6]))
+    n = draw(st.integers(1, 3))
+    routers = _routers(
+        n,
+        draw(st.lists(st.floats(0, 6), min_size=n, max_size=n)),
+        draw(st.lists(st.sampled_from([0.05, 0.25, 1.0]), min_size=n, max_size=n)),
+    )
+    ports = draw(st.lists(st.integers(20, 80), min_size=1, max_size=14, unique=True))
+    path = Path(routers, echo=draw(st.booleans()))
+    for port in ports:
+        where = draw(st.integers(0, n))  # 0: the destination decides
+        if where == 0:
+            path.ports[port] = draw(
+                st.sampled_from([OPEN, CLOSED, DROP, *(icmp(c) for c in DEST_CODES[family])])
+            )
+        else:
+            routers[where - 1].ports[port] = draw(
+                st.sampled_from([DROP, FORGE_RST, *(icmp(c) for c in ROUTER_CODES[family])])
+            )
+    return family, path, ports
+
+
+def _batch(family: int, path: Path, ports: list[int], seed: int = 0, **opts) -> SynBatch:
+    dest = path.dest4 if family == 4 else path.dest6
+    targets = [Target("mx.test", dest, p) for p in ports]
+    return SynBatch(targets, {dest: CLIENT[family]}, Options(**opts), random.Random(seed))
+
+
+def _check(family, path, results):
+    for r in results:
+        expected = path.expected(r.port, family)
+        assert r.verdict == expected, (r.port, r.verdict, expected, r.reason)
+        dest_hop = len(path.routers) + 1
+        if r.verdict in (Verdict.OPEN, Verdict.REFUSED):
+            assert r.responder_hop == dest_hop
+        for k, router in enumerate(path.routers, start=1):
+            if r.port in router.ports and r.verdict is not Verdict.FILTERED:
+                assert r.responder_hop == k, (r.port, r.reason)
+                if r.verdict is Verdict.RESET_IN_PATH:
+                    assert r.destination_hop in (dest_hop, None)
+                break
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.integers(0, 2**32))
+def test_verdicts_match_the_path_whatever_the_rate_limits(scenario, seed):
+    family, path, ports = scenario
+    batch = _batch(family, path, ports, seed)
+    run(batch, SimNet(path))
+    _check(family, path, batch.results())
+
+
+class HostileNet(SimNet):
+    """Answers every probe with near-miss forgeries as well: wrong ack, wrong quoted seq,
+    someone else's quoted flow, bad checksums, wrong ports."""
+
+    def transmit(self, send, now):
+        super().transmit(send, now)
+        if send.proto != wire.PROTO_TCP:
+            return
+        fam, dst, me = send.family, send.dst, send.src
+        sport, dport = int.from_bytes(send.payload[:2], "big"), int.from_bytes(send.payload[2:4], "big")
+        seq = int.from_bytes(send.payload[4:8], "big")
+        when = now + 0.0005
+
+        def tcp(src, sp, dp, ack, flags, corrupt=False):
+            seg = bytearray(wire.tcp_segment(src, me, sp, dp, 99, ack=ack, flags=flags, mss=None))
+            if corrupt:
+                seg[16] ^= 0xFF
+            self.inject(when, wire.Datagram(fam, src, me, 64, wire.PROTO_TCP, bytes(seg)))
+
+        ack = (seq + 1) & 0xFFFFFFFF
+        tcp(dst, dport, sport, (seq + 2) & 0xFFFFFFFF, wire.RST | wire.ACK)  # wrong ack
+        tcp(dst, dport, sport, seq, wire.SYN | wire.ACK)  # off by one
+        tcp(dst, dport, sport, ack, wire.SYN | wire.ACK, corrupt=True)  # bad checksum
+        tcp(dst, dport + 1, sport, ack, wire.RST | wire.ACK)  # wrong port
+        other = "198.18.1.77" if fam == 4 else "2001:db8:1::77"
+        tcp(other, dport, sport, ack, wire.SYN | wire.ACK)  # right numbers, wrong host
+        for quoted_src, quoted_seq in ((me, seq + 1), (other, seq)):
+            inner = wire.tcp_segment(quoted_src, dst, sport, dport, quoted_seq)
+            if fam == 4:
+                quote = wire.ipv4_packet(quoted_src, dst, 6, inner, ttl=1, ident=1)[:28]
+                body = bytes([3, 13, 0, 0, 0, 0, 0, 0]) + quote
+                msg = body[:2] + wire.checksum(body).to_bytes(2, "big") + body[4:]
+                self.inject(when, wire.Datagram(4, "198.18.1.254", me, 64, 1, msg))
+            else:
+                quote = _ipv6_header(quoted_src, dst, len(inner)) + inner
+                body = bytes([1, 1, 0, 0, 0, 0, 0, 0]) + quote
+                csum = wire.checksum(wire.pseudo_header("2001:db8:1::fe", me, 58, len(body)) + body)
+                msg = body[:2] + csum.to_bytes(2, "big") + body[4:]
+                self.inject(when, wire.Datagram(6, "2001:db8:1::fe", me, 64, 58, msg))
+
+
+def _ipv6_header(src: str, dst: str, length: int) -> bytes:
+    from ipaddress import IPv6Address
+
+    return (
+        bytes([0x60, 0, 0, 0])
+        + length.to_bytes(2, "big")
+        + bytes([6, 64])
+        + IPv6Address(src).packed
+        + IPv6Address(dst).packed
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.integers(0, 2**32))
+def test_forged_near_misses_never_change_a_verdict(scenario, seed):
+    family, path, ports = scenario
+    batch = _batch(family, path, ports, seed)
+    run(batch, HostileNet(path))
+    _check(family, path, batch.results())
+
+
+def test_many_rejects_behind_a_drained_router_are_not_filtered():
+    """40 ports rejected by a router whose ICMP bucket is empty at the start."""
+    r1 = Router(
+        "198.18.1.254", "2001:db8:1::fe", initial_tokens=0, ports={p: icmp(13) for p in range(1000, 1040)}
+    )
+    path = Path([r1, Router("198.18.2.254", "2001:db8:2::fe")], ports={25: OPEN})
+    batch = _batch(4, path, [25, *range(1000, 1040)], retries=1)
+    elapsed = run(batch, SimNet(path))
+    results = batch.results()
+    assert [r.verdict for r in results] == [Verdict.OPEN] + [Verdict.REJECTED] * 40
+    assert elapsed < 40 * 1.2 + 5  # about one ICMP per router interval, no more
+
+
+def test_answered_batch_finishes_in_about_one_round_trip():
+    path = Path(_routers(2, [6, 6], [1, 1]), ports={25: OPEN, 587: OPEN})
+    batch = _batch(4, path, [25, 465, 587])
+    assert run(batch, SimNet(path)) < 0.05  # refused 465 is placed by the SYN-ACKs' hop
+
+
+def test_forged_rst_is_placed_by_a_ttl_limited_syn_when_echo_is_blocked():
+    r1, r2 = _routers(2, [6, 6], [1, 1])
+    r2.ports[25] = FORGE_RST
+    path = Path([r1, r2], echo=False)
+    batch = _batch(6, path, [25])
+    run(batch, SimNet(path))
+    (r,) = batch.results()
+    assert r.verdict is Verdict.RESET_IN_PATH and r.responder_hop == 2 and r.destination_hop is None
+    assert "TTL 2 expired" in r.reason
+
+
+def test_unplaceable_rst_says_so():
+    r1, r2 = _routers(2, [6, 6], [1, 1])
+    r1.silent = r2.silent = True
+    r2.ports[25] = FORGE_RST
+    path = Path([r1, r2], echo=False)
+    batch = _batch(4, path, [25], retries=1, timeout=0.5)
+    run(batch, SimNet(path))
+    (r,) = batch.results()
+    assert r.verdict is Verdict.REFUSED and "could not be confirmed" in r.reason
+
+
+def test_local_route_errors_need_no_packets():
+    t = [Target("x", "198.18.9.9", 25), Target("y", "198.18.8.8", 25), Target("z", "198.18.7.7", 25)]
+    batch = SynBatch(
+        t,
+        {"198.18.9.9": errno.ENETUNREACH, "198.18.8.8": errno.EACCES, "198.18.7.7": errno.EINVAL},
+        Options(),
+    )
+    net = SimNet(Path([]))
+    run(batch, net)
+    assert net.sent == 0
+    assert [r.verdict for r in batch.results()] == [Verdict.UNREACHABLE, Verdict.REJECTED, Verdict.FILTERED]
+    assert {r.responder for r in batch.results()} == {"local"}
+
+
+def test_local_firewall_refusing_a_send():
+    batch = _batch(4, Path([]), [25])
+    sends = batch.poll(0.0)
+    batch.send_failed(sends[0], errno.EPERM, 0.0)
+    batch.poll(0.1)
+    assert batch.done
+    (r,) = batch.results()
+    assert r.verdict is Verdict.REJECTED and r.responder == "local" and "EPERM" in r.reason
+
+
+def test_full_send_queue_is_retried_not_judged():
+    path = Path([], ports={25: OPEN})
+    batch = _batch(4, path, [25])
+    net = SimNet(path)
+    first = batch.poll(0.0)
+    batch.send_failed(first[0], errno.ENOBUFS, 0.0)
+    run(batch, net)
+    (r,) = batch.results()
+    assert r.verdict is Verdict.OPEN and r.attempts == 1
