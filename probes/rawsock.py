@@ -153,6 +153,7 @@ def drive(
     progress: Callable[[], None] | None = None,
 ) -> None:
     """Run a sans-I/O machine against real sockets until it is done."""
+    reported = 0.0
     while True:
         now = clock()
         for pkt in machine.poll(now):
@@ -164,5 +165,6 @@ def drive(
         wait = min(machine.next_wakeup(now) - clock(), 0.25)
         for dg in net.receive(wait):
             machine.feed(dg, clock())
-        if progress:
+        if progress and clock() - reported > 0.2:
+            reported = clock()
             progress()

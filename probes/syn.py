@@ -87,6 +87,25 @@ class Options:
 
 
 @dataclass
+class _Pacer:
+    """Paced sends of one address family (ICMPv4 and ICMPv6 errors have separate buckets)."""
+
+    interval: float
+    queue: deque = field(default_factory=deque)
+    errors: dict[str, float] = field(default_factory=dict)  # ICMP error source -> its last arrival
+    last_sent: float = float("-inf")
+
+    def gate(self, max_rtt: float) -> float:
+        """Earliest time a paced packet may go, so each error-sending router has a token."""
+        last_error = max(self.errors.values(), default=float("-inf"))
+        return max(self.last_sent + self.interval + max_rtt, last_error + self.interval)
+
+
+def _family(item: _Probe | _Check) -> int:
+    return 6 if ":" in (item.target.address if isinstance(item, _Probe) else item.address) else 4
+
+
+@dataclass
 class _Seq:
     owner: _Probe | _Check
     sent_at: float
@@ -107,7 +126,7 @@ class SynBatch:
         self._echo_ident = self.rng.randrange(1, 0x10000)
         self._pending: deque[_Probe] = deque()  # never sent yet
         self._retry: deque[_Probe] = deque()
-        self._paced: deque[_Probe | _Check] = deque()
+        self._pacers = {f: _Pacer(o.icmp_interval) for f in (4, 6)}
         self._free_checks: deque[_Check] = deque()  # checks that need no pacing
         self._timers: list[tuple[float, int, _Probe | _Check]] = []
         self._tick = 0
@@ -115,8 +134,6 @@ class SynBatch:
         self._tokens = float(o.burst)
         self._token_time: float | None = None
         self._settling = False
-        self._errors_from: dict[str, float] = {}  # ICMP error source -> arrival of its last
-        self._last_paced = float("-inf")
         self._max_rtt = 0.0
         self._dest_hop: dict[str, int] = {}
         self._beyond: dict[str, int] = {}  # address -> a hop its SYN was seen to pass
@@ -141,7 +158,8 @@ class SynBatch:
 
     @property
     def done(self) -> bool:
-        busy = self._pending or self._retry or self._paced or self._free_checks or self._inflight
+        busy = self._pending or self._retry or self._free_checks or self._inflight
+        busy = busy or any(p.queue for p in self._pacers.values())
         return self._settling and not busy
 
     @property
@@ -153,8 +171,7 @@ class SynBatch:
         times = [self._timers[0][0]] if self._timers else []
         if self._pending or self._retry or self._free_checks:
             times.append(now if self._tokens >= 1 else now + 1 / self.options.rate)
-        if self._paced:
-            times.append(self._pace_gate())
+        times += [p.gate(self._max_rtt) for p in self._pacers.values() if p.queue]
         return min(times, default=now + self.options.timeout)
 
     def poll(self, now: float) -> list[Send]:
@@ -167,17 +184,17 @@ class SynBatch:
                 if not item.done:
                     sends.append(self._send(item, now))
                     self._tokens -= 1
-        if self._paced and now >= self._pace_gate():
-            item = self._paced.popleft()
-            if not item.done:
-                sends.append(self._send(item, now))
-                self._last_paced = now
-                if isinstance(item, _Probe):
-                    item.paced = True
+        for pacer in self._pacers.values():
+            if pacer.queue and now >= pacer.gate(self._max_rtt):
+                item = pacer.queue.popleft()
+                if not item.done:
+                    sends.append(self._send(item, now))
+                    pacer.last_sent = now
+                    if isinstance(item, _Probe):
+                        item.paced = True
         if not self._settling and not (self._pending or self._retry or self._inflight):
             self._settle()
-            if self._free_checks or self._paced:
-                sends.extend(self.poll(now))
+            sends.extend(self.poll(now))
         return sends
 
     def feed(self, dg: wire.Datagram, now: float) -> None:
@@ -193,7 +210,7 @@ class SynBatch:
             if seq is None:
                 return
         if reply.kind in (ReplyKind.UNREACH, ReplyKind.TIME_EXCEEDED):
-            self._errors_from[reply.responder] = now
+            self._pacers[dg.family].errors[reply.responder] = now
         self._max_rtt = max(self._max_rtt, now - seq.sent_at)
         owner = seq.owner
         if owner.done:
@@ -234,12 +251,6 @@ class SynBatch:
             self._tokens = min(o.burst, self._tokens + (now - self._token_time) * o.rate)
         self._token_time = now
 
-    def _pace_gate(self) -> float:
-        """Earliest time a paced packet may go, so each error-sending router has a token."""
-        gap = self.options.icmp_interval
-        last_error = max(self._errors_from.values(), default=float("-inf"))
-        return max(self._last_paced + gap + self._max_rtt, last_error + gap)
-
     def _send(self, item: _Probe | _Check, now: float) -> Send:
         item.attempts += 1
         item.live = True
@@ -269,11 +280,12 @@ class SynBatch:
                 continue
             item.live = False
             self._inflight -= 1
+            pacer = self._pacers[_family(item)]
             if isinstance(item, _Check):
                 if item.attempts > retries:
                     item.done = True
-                elif item.flow is not None and self._errors_from:
-                    self._paced.appendleft(item)  # its time-exceeded may have been rate-limited
+                elif item.flow is not None and pacer.errors:
+                    pacer.queue.appendleft(item)  # its time-exceeded may have been rate-limited
                 else:
                     self._free_checks.append(item)
             elif item.paced:
@@ -282,8 +294,8 @@ class SynBatch:
                 self._retry.append(item)
             elif not self._settling:
                 self._exhausted.append(item)
-            elif self._errors_from:
-                self._paced.append(item)
+            elif pacer.errors:
+                pacer.queue.append(item)
             else:
                 item.done = True
 
@@ -291,8 +303,9 @@ class SynBatch:
         """The fast phase is over: queue paced retries and the checks that place RSTs."""
         self._settling = True
         for p in self._exhausted:
-            if self._errors_from:
-                self._paced.append(p)
+            pacer = self._pacers[_family(p)]
+            if pacer.errors:
+                pacer.queue.append(p)
             else:
                 p.done = True
         self._exhausted.clear()
@@ -310,7 +323,8 @@ class SynBatch:
             for hop, p in sorted(hops.items()):
                 check = _Check(address, hop, p.flow, src)
                 self._checks.append(check)
-                (self._paced if self._errors_from else self._free_checks).appendleft(check)
+                pacer = self._pacers[_family(check)]
+                (pacer.queue if pacer.errors else self._free_checks).appendleft(check)
 
     def _learn(self, address: str, reply: Reply) -> None:
         """Record the destination's hop when a reply certainly came from the destination."""
@@ -350,7 +364,7 @@ class SynBatch:
             wait = self.options.timeout
             why = f"no reply to {p.attempts} SYN{'s' if p.attempts > 1 else ''} ({wait:g} s each)"
             if p.paced:
-                routers = ", ".join(sorted(self._errors_from))
+                routers = ", ".join(sorted(self._pacers[t.family].errors))
                 why += f"; the last one paced so that ICMP rate limits ({routers}) could not hide a reject"
             return ProbeResult(**base, verdict=Verdict.FILTERED, reason=why, destination_hop=dest_hop)
         hop = 0 if r.responder in self._locals and r.responder != t.address else r.hop

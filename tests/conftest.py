@@ -1,0 +1,60 @@
+"""Shared fixtures. Lab tests (marker ``lab``) need root; elsewhere they skip and say why."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MAILPATH = str(Path(sys.executable).with_name("mailpath"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(
+        reason="lab test: needs root for network namespaces and raw sockets (CI runs as root)"
+    )
+    for item in items:
+        if "lab" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def mailpath(lab, *args: str, node: str = "client", wrap: tuple[str, ...] = (), timeout: float = 600) -> Run:
+    """Run the installed ``mailpath`` command inside a lab namespace."""
+    r = lab.exec(node, [*wrap, MAILPATH, *args], check=False, timeout=timeout)
+    return Run(r.returncode, r.stdout, r.stderr)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """One lab per test module, with listeners on 25, 465 and 587; faults are reset per test."""
+    from lab import Lab
+
+    with Lab() as net:
+        net.add_host("mail.lab.test", net.server4, net.server6)
+        net.add_host("v4only.lab.test", net.server4)
+        net.listen([25, 465, 587])
+        yield net
+
+
+@pytest.fixture
+def faults(lab):
+    """The module's lab, with every fault the test adds removed afterwards."""
+    yield lab
+    lab.reset_faults()
