@@ -91,6 +91,16 @@ def probe(
             "rejects are not mistaken for silent drops.",
         ),
     ] = 1.0,
+    min_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="Least seconds to listen for a "
+            "late reply before calling a port filtered: routers answer host-unreachable "
+            "only after ARP/ND fails (~3 s on Linux).",
+        ),
+    ] = 3.5,
     json_out: JsonOpt = False,
 ) -> None:
     """Send one SYN per address and port and say what answered: open, refused, reset-in-path,
@@ -104,7 +114,9 @@ def probe(
         found = expand(targets, parse_ports(port or []))
     except InputError as e:
         raise fail(str(e)) from None
-    options = Options(timeout=timeout, retries=retries, rate=rate, icmp_interval=icmp_interval)
+    options = Options(
+        timeout=timeout, retries=retries, rate=rate, icmp_interval=icmp_interval, min_wait=min_wait
+    )
     try:
         results = run_probe(found, method=method.value, options=options)
     except RawUnavailable:

@@ -59,6 +59,8 @@ class _Probe:
     rtt: float | None = None
     local_errno: int | None = None
     paced: bool = False  # its last try was a paced one
+    first_sent: float | None = None
+    listened: float = 0.0  # seconds from the first try to the end of the last
     done: bool = False
     live: bool = False  # a try is in flight and its timer runs
 
@@ -84,6 +86,9 @@ class Options:
     icmp_interval: float = 1.0  # assumed ICMP error token rate of a router (Linux default)
     rate: float = 20000.0  # our own packets per second
     burst: int = 512
+    # Least time to listen, from a probe's first try, before calling it filtered: a router
+    # answers host-unreachable only once ARP/ND for the next hop fails (~3 s on Linux).
+    min_wait: float = 3.5
 
 
 @dataclass
@@ -188,10 +193,10 @@ class SynBatch:
             if pacer.queue and now >= pacer.gate(self._max_rtt):
                 item = pacer.queue.popleft()
                 if not item.done:
-                    sends.append(self._send(item, now))
-                    pacer.last_sent = now
                     if isinstance(item, _Probe):
                         item.paced = True
+                    sends.append(self._send(item, now))
+                    pacer.last_sent = now
         if not self._settling and not (self._pending or self._retry or self._inflight):
             self._settle()
             sends.extend(self.poll(now))
@@ -251,11 +256,25 @@ class SynBatch:
             self._tokens = min(o.burst, self._tokens + (now - self._token_time) * o.rate)
         self._token_time = now
 
+    def _wait(self, item: _Probe | _Check, now: float) -> float:
+        """How long this try listens: ``timeout``, but a probe's last try (and a paced one)
+        listens until ``min_wait`` after its first try, for late host-unreachables."""
+        o = self.options
+        if not isinstance(item, _Probe):
+            return o.timeout
+        if item.first_sent is None:
+            item.first_sent = now
+        if item.paced:
+            return max(o.timeout, o.min_wait)
+        if item.attempts > o.retries:
+            return max(o.timeout, item.first_sent + o.min_wait - now)
+        return o.timeout
+
     def _send(self, item: _Probe | _Check, now: float) -> Send:
         item.attempts += 1
         item.live = True
         self._inflight += 1
-        heapq.heappush(self._timers, (now + self.options.timeout, self._tick, item))
+        heapq.heappush(self._timers, (now + self._wait(item, now), self._tick, item))
         self._tick += 1
         if isinstance(item, _Check) and item.flow is None:  # echo
             seq = self.rng.randrange(0x10000)
@@ -280,6 +299,8 @@ class SynBatch:
                 continue
             item.live = False
             self._inflight -= 1
+            if isinstance(item, _Probe):
+                item.listened = now - item.first_sent
             pacer = self._pacers[_family(item)]
             if isinstance(item, _Check):
                 if item.attempts > retries:
@@ -361,8 +382,8 @@ class SynBatch:
             return ProbeResult(**base, verdict=verdict, reason=why, responder=LOCAL, responder_hop=0)
         r = p.reply
         if r is None:
-            wait = self.options.timeout
-            why = f"no reply to {p.attempts} SYN{'s' if p.attempts > 1 else ''} ({wait:g} s each)"
+            n = p.attempts
+            why = f"no reply to {n} SYN{'s' if n > 1 else ''} in {p.listened:.1f} s"
             if p.paced:
                 routers = ", ".join(sorted(self._pacers[t.family].errors))
                 why += f"; the last one paced so that ICMP rate limits ({routers}) could not hide a reject"

@@ -29,8 +29,9 @@ PASS, DROP, FORGE_RST = "pass", "drop", "rst"
 OPEN, CLOSED = "open", "closed"
 
 
-def icmp(code: int) -> tuple[str, int]:
-    return ("icmp", code)
+def icmp(code: int, late: float = 0.0) -> tuple:
+    """An ICMP destination-unreachable; ``late`` seconds after the packet arrives."""
+    return ("icmp", code, late) if late else ("icmp", code)
 
 
 @dataclass
@@ -145,8 +146,10 @@ class SimNet:
                 self._reply(here, k, _tcp_reply(fam, send, "RA", src=dest))
                 return
             if isinstance(action, tuple):
-                if r.bucket.allow(here):
-                    self._reply(here, k, _icmp_error(fam, raddr, send.src, original, "unreach", action[1]))
+                late = action[2] if len(action) > 2 else 0.0  # e.g. ARP failing before host-unreachable
+                if r.bucket.allow(here + late):
+                    error = _icmp_error(fam, raddr, send.src, original, "unreach", action[1])
+                    self._reply(here + late, k, error)
                 return
         n = len(p.routers) + 1
         here = now + n * p.delay

@@ -127,6 +127,16 @@ def test_forged_near_misses_do_not_change_verdicts(faults):
         assert got[(address, 33)] == "filtered"
 
 
+def test_missing_host_behind_the_last_router_is_unreachable(lab):
+    """r2 answers host/address-unreachable only after ARP/ND fails, about 3 s later."""
+    run = mailpath(
+        lab, "probe", "198.18.3.99:25", "[2001:db8:3::99]:25", "--timeout", "0.5", "--retries", "0", "--json"
+    )
+    for r in run.json["results"]:
+        assert r["verdict"] == "unreachable" and r["responder_hop"] == 2, r
+        assert r["icmp"]["code"] == (1 if r["address"] == "198.18.3.99" else 3)
+
+
 def test_local_routes_and_firewall(faults):
     lab = faults
     lab.route("client", "unreachable", dest="198.18.100.0/24")

@@ -225,3 +225,14 @@ def test_full_send_queue_is_retried_not_judged():
     run(batch, net)
     (r,) = batch.results()
     assert r.verdict is Verdict.OPEN and r.attempts == 1
+
+
+def test_host_unreachable_after_a_failed_neighbour_lookup_is_waited_for():
+    """The last router answers host-unreachable only when ARP fails, ~3 s after the SYN."""
+    r1, r2 = _routers(2, [6, 6], [1, 1])
+    r2.ports[25] = icmp(1, late=3.0)
+    path = Path([r1, r2])
+    batch = _batch(4, path, [25], retries=0, timeout=0.5)
+    run(batch, SimNet(path))
+    (r,) = batch.results()
+    assert r.verdict is Verdict.UNREACHABLE and r.responder_hop == 2
