@@ -130,6 +130,78 @@ def probe(
     raise typer.Exit(OK if all(r.verdict == "open" for r in results) else PROBLEM)
 
 
+@app.command()
+def trace(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET",
+            help="HOST, HOST:PORT, IPv4:PORT or [IPv6]:PORT; a name is traced on all its addresses.",
+        ),
+    ],
+    port: Annotated[
+        int, typer.Option("-p", "--port", min=1, max=65535, help="Port when TARGET has none.")
+    ] = 25,
+    max_hops: Annotated[int, typer.Option(min=1, max=255, help="Highest TTL to try.")] = 30,
+    timeout: TimeoutOpt = 1.0,
+    probes: Annotated[int, typer.Option(min=1, max=10, help="Probes per TTL.")] = 3,
+    max_silent: Annotated[
+        int, typer.Option(min=1, max=255, help="Silent TTLs past the last answer before the trace stops.")
+    ] = 3,
+    control: Annotated[str, typer.Option(help="Control trace: icmp (echo), a TCP port, or none.")] = "icmp",
+    ipv4: Annotated[bool, typer.Option("-4", help="Trace IPv4 addresses only.")] = False,
+    ipv6: Annotated[bool, typer.Option("-6", help="Trace IPv6 addresses only.")] = False,
+    icmp_interval: Annotated[
+        float, typer.Option(min=0, max=60, help="Seconds a router needs to earn one ICMP error (Linux: 1).")
+    ] = 1.0,
+    min_wait: Annotated[
+        float,
+        typer.Option(
+            min=0, max=60, help="How long the final silence check listens (a late host-unreachable)."
+        ),
+    ] = 3.5,
+    json_out: JsonOpt = False,
+) -> None:
+    """TCP SYN traceroute on the real port: which hop drops, rejects or forges a RST.
+
+    A control trace (ICMP echo, or another TCP port) runs alongside, to tell a drop of this
+    port from a path that goes silent anyway."""
+    from agent.render import print_traces
+    from agent.targets import InputError, expand, parse_target
+    from probes.trace import TraceOptions, trace_raw
+
+    try:
+        host, given_port = parse_target(target)
+        found = expand([target], [given_port or port])
+    except InputError as e:
+        raise fail(str(e)) from None
+    if control not in ("icmp", "none") and not (control.isdigit() and 1 <= int(control) <= 65535):
+        raise fail(f"invalid --control {control!r}: expected icmp, none or a port 1-65535")
+    if ipv4 != ipv6:
+        found = [t for t in found if t.family == (4 if ipv4 else 6)]
+        if not found:
+            raise fail(f"{host!r} has no IPv{4 if ipv4 else 6} address")
+    options = TraceOptions(
+        max_hops=max_hops,
+        probes=probes,
+        timeout=timeout,
+        max_silent=max_silent,
+        icmp_interval=icmp_interval,
+        min_wait=min_wait,
+    )
+    ctl = None if control == "none" else (control if control == "icmp" else int(control))
+    try:
+        results = trace_raw(found, options, ctl)
+    except PermissionError:
+        raise fail("trace sends raw packets: it needs CAP_NET_RAW (run as root)", CANNOT_RUN) from None
+    if json_out:
+        docs = [r.to_dict() for r in results]
+        print(json.dumps(docs[0] if len(docs) == 1 else {"traces": docs}, indent=2))
+    else:
+        print_traces(results)
+    raise typer.Exit(OK if all(r.verdict == "open" for r in results) else PROBLEM)
+
+
 def main() -> None:
     """Entry point: usage errors (click's, ours) become one line on stderr with exit 2.
 

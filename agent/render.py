@@ -7,6 +7,7 @@ from rich.table import Table
 
 from probes.classify import Verdict
 from probes.result import ProbeResult
+from probes.trace import TraceResult
 
 VERDICT_STYLE = {
     Verdict.OPEN: "green",
@@ -52,3 +53,62 @@ def print_probe(results: list[ProbeResult], console: Console | None = None) -> N
         console.print("[dim]connect() mode (no raw sockets):[/]")
         for n in notes:
             console.print(f"[dim]  - {n}[/]")
+
+
+def _cell(row: dict | None) -> tuple[str, str, str]:
+    if row is None or row["reply"] is None:
+        return "*", "-", "-"
+    return row["address"], row["reply"], f"{row['rtt_ms']:.1f}"
+
+
+def trace_table(r: TraceResult) -> Table:
+    ctl = r.control
+    table = Table(header_style="bold")
+    for col in ("ttl", "address", "reply", "rtt ms"):
+        table.add_column(col, justify="right" if col in ("ttl", "rtt ms") else "left")
+    if ctl:
+        name = "echo" if ctl["kind"] == "icmp" else f"port {ctl['port']}"
+        table.add_column(f"control ({name})")
+        table.add_column("reply")
+    ctl_rows = {row["ttl"]: row for row in ctl["hops"]} if ctl else {}
+    ttls = sorted({row["ttl"] for row in r.hops} | set(ctl_rows))
+    main_rows = {row["ttl"]: row for row in r.hops}
+    for ttl in ttls:
+        cells = [str(ttl), *_cell(main_rows.get(ttl))]
+        if ctl:
+            address, reply, _ = _cell(ctl_rows.get(ttl))
+            cells += [address, reply]
+        table.add_row(*cells)
+    return table
+
+
+def trace_summary(r: TraceResult) -> str:
+    style = VERDICT_STYLE[r.verdict]
+    line = f"[{style}]{r.verdict}[/]: {r.reason}"
+    ctl = r.control
+    if ctl and r.port_specific is not None:
+        reach = (
+            f"reaches the destination at hop {ctl['furthest_hop']}"
+            if ctl["reached_destination"]
+            else f"goes silent after hop {ctl['furthest_hop']}"
+        )
+        verdict = (
+            "so this port is singled out"
+            if r.port_specific
+            else "so the path itself stops there, not just this port"
+        )
+        line += f"; the control {reach}, {verdict}"
+    return line
+
+
+def print_traces(results: list[TraceResult], console: Console | None = None) -> None:
+    console = console or Console()
+    for r in results:
+        name = r.address if r.host == r.address else f"{r.host} ({r.address})"
+        console.print(f"[bold]trace to {name} port {r.port}[/] from {r.source or 'this host'}")
+        if r.hops:
+            console.print(trace_table(r))
+        console.print(trace_summary(r))
+        if not r.complete:
+            console.print("[yellow]stopped at the time limit: the trace is incomplete[/]")
+        console.print()

@@ -105,12 +105,19 @@ def read_reply(dg: wire.Datagram) -> Reply | None:
     # The quoted packet must be ours: sent from the address this error came back to.
     if q.src != dg.dst:
         return None
-    flow = Flow(q.src, q.sport, q.dst, q.dport) if q.proto == wire.PROTO_TCP else None
-    if flow is None:
+    v6 = dg.family == 6
+    echo = (wire.PROTO_ICMPV6, wire.ICMP6_ECHO) if v6 else (wire.PROTO_ICMP, wire.ICMP_ECHO)
+    if q.proto == wire.PROTO_TCP:
+        flow, seq, ident = Flow(q.src, q.sport, q.dst, q.dport), q.seq, 0
+    elif (q.proto, q.sport >> 8) == echo:
+        # A quoted echo request (a traceroute control): its first 8 bytes are type, code,
+        # checksum, identifier and sequence, so the identifier and sequence sit in ``q.seq``.
+        flow, seq, ident = Flow(q.src, 0, q.dst, 0), q.seq & 0xFFFF, q.seq >> 16
+    else:
         return None
-    unreach = wire.ICMP6_UNREACH if dg.family == 6 else wire.ICMP_UNREACH
+    unreach = wire.ICMP6_UNREACH if v6 else wire.ICMP_UNREACH
     kind = ReplyKind.UNREACH if msg.type == unreach else ReplyKind.TIME_EXCEEDED
-    return Reply(kind, dg.src, dg.ttl, flow, q.seq, msg.type, msg.code)
+    return Reply(kind, dg.src, dg.ttl, flow, seq, msg.type, msg.code, ident=ident)
 
 
 # ICMP destination-unreachable codes (REFERENCE.md). Admin-prohibited and, for TCP,

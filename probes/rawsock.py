@@ -15,21 +15,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from probes import wire
+from probes.machine import Machine
 
 _HOPLIMIT = struct.Struct("i")
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python
-
-
-class Machine(Protocol):
-    done: bool
-
-    def poll(self, now: float) -> list: ...
-    def feed(self, dg: wire.Datagram, now: float) -> None: ...
-    def next_wakeup(self, now: float) -> float: ...
-    def send_failed(self, send, err: int, now: float) -> None: ...
 
 
 def _raw(family: int, proto: int, rcvbuf: int) -> socket.socket:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from probes import wire
 from probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, read_reply, unreach_verdict
 from probes.local import LOCAL, local_verdict
+from probes.pacing import pacers
 from probes.result import ProbeResult, Target
 
 DEFAULT_TTL = 64
@@ -91,21 +92,6 @@ class Options:
     min_wait: float = 3.5
 
 
-@dataclass
-class _Pacer:
-    """Paced sends of one address family (ICMPv4 and ICMPv6 errors have separate buckets)."""
-
-    interval: float
-    queue: deque = field(default_factory=deque)
-    errors: dict[str, float] = field(default_factory=dict)  # ICMP error source -> its last arrival
-    last_sent: float = float("-inf")
-
-    def gate(self, max_rtt: float) -> float:
-        """Earliest time a paced packet may go, so each error-sending router has a token."""
-        last_error = max(self.errors.values(), default=float("-inf"))
-        return max(self.last_sent + self.interval + max_rtt, last_error + self.interval)
-
-
 def _family(item: _Probe | _Check) -> int:
     return 6 if ":" in (item.target.address if isinstance(item, _Probe) else item.address) else 4
 
@@ -131,7 +117,7 @@ class SynBatch:
         self._echo_ident = self.rng.randrange(1, 0x10000)
         self._pending: deque[_Probe] = deque()  # never sent yet
         self._retry: deque[_Probe] = deque()
-        self._pacers = {f: _Pacer(o.icmp_interval) for f in (4, 6)}
+        self._pacers = pacers(o.icmp_interval)
         self._free_checks: deque[_Check] = deque()  # checks that need no pacing
         self._timers: list[tuple[float, int, _Probe | _Check]] = []
         self._tick = 0
@@ -215,7 +201,7 @@ class SynBatch:
             if seq is None:
                 return
         if reply.kind in (ReplyKind.UNREACH, ReplyKind.TIME_EXCEEDED):
-            self._pacers[dg.family].errors[reply.responder] = now
+            self._pacers[dg.family].error_from(reply.responder, now)
         self._max_rtt = max(self._max_rtt, now - seq.sent_at)
         owner = seq.owner
         if owner.done:

@@ -60,6 +60,7 @@ class Router:
     icmp_interval: float = 1.0
     initial_tokens: float = 6.0
     silent: bool = False  # never sends time-exceeded
+    blackhole: bool = False  # forwards nothing at all (a route to nowhere)
 
     def __post_init__(self) -> None:
         self.bucket = Bucket(self.icmp_interval, tokens=self.initial_tokens)
@@ -137,6 +138,8 @@ class SimNet:
                     self._reply(here, k, _icmp_error(fam, raddr, send.src, original, "te", 0))
                 return
             ttl -= 1
+            if r.blackhole:
+                return
             if send.proto != wire.PROTO_TCP:
                 continue
             action = r.ports.get(_dport(send.payload), PASS)
