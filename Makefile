@@ -21,6 +21,7 @@ lint: deps
 
 bench: deps
 	$(PY) -m bench.probe_vs_nmap
+	$(PY) -m bench.trace_vs_traceroute
 
 deps: apt $(VENV)/.installed
 

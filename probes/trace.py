@@ -156,12 +156,14 @@ class TraceRun:
             return []
         self._expire(now)
         sends: list[Send] = []
-        for line in self.lines:
-            while self._sendable(line):
-                ttl = line.next_ttl
-                line.next_ttl += 1
-                count = self.options.probes if line is self.main else self.options.control_probes
-                sends += [self._send(line, ttl, now) for _ in range(count)]
+        # TTL by TTL across both lines, so that every hop's time-exceeded is asked for before
+        # the rejects of a nearer hop can use up that router's ICMP budget
+        while ready := [line for line in self.lines if self._sendable(line)]:
+            line = min(ready, key=lambda ln: ln.next_ttl)
+            ttl = line.next_ttl
+            line.next_ttl += 1
+            count = self.options.probes if line is self.main else self.options.control_probes
+            sends += [self._send(line, ttl, now) for _ in range(count)]
         for line in self.lines:
             self._second_chances(line)
         pacer = self._pacer

@@ -23,7 +23,9 @@ def _path(n: int = 2, tokens: float = 6.0, **dest) -> Path:
 
 def _trace(path: Path, port: int, family: int = 4, control="icmp", seed: int = 0, **opts):
     dest = path.dest4 if family == 4 else path.dest6
-    tr = TraceRun(Target("mx.test", dest, port), CLIENT[family], TraceOptions(**opts), control, random.Random(seed))
+    tr = TraceRun(
+        Target("mx.test", dest, port), CLIENT[family], TraceOptions(**opts), control, random.Random(seed)
+    )
     elapsed = run(tr, SimNet(path))
     return tr.result(), elapsed
 
@@ -63,7 +65,7 @@ def test_each_fault_is_located(family, where, action, verdict, drop_after, respo
     assert r.verdict == Verdict(verdict), r.reason
     assert r.drop_after_hop == drop_after
     assert r.responder_hop == responder_hop
-    assert r.reached_destination == (verdict in ("open", "refused") or where == 0 and verdict == "rejected")
+    assert r.reached_destination == (verdict in ("open", "refused") or (where == 0 and verdict == "rejected"))
     assert r.control["reached_destination"] and r.destination_hop == 3
     if verdict != "open":
         assert r.port_specific is True
