@@ -202,6 +202,151 @@ def trace(
     raise typer.Exit(OK if all(r.verdict == "open" for r in results) else PROBLEM)
 
 
+NameserverOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--nameserver",
+        help="Ask this DNS server (ADDR, ADDR:PORT, [IPv6]:PORT; repeatable) "
+        "instead of the system's resolver.",
+    ),
+]
+
+
+@app.command()
+def dns(
+    domain: Annotated[str, typer.Argument(help="The mail domain, e.g. example.com.")],
+    nameserver: NameserverOpt = None,
+    timeout: Annotated[float, typer.Option(min=0.1, max=120, help="Seconds for the whole lookup.")] = 5.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Where mail for DOMAIN goes: MX records by preference and their A/AAAA addresses
+    (the domain's own addresses when it has no MX; nothing for a null MX)."""
+    from agent.render import print_route
+    from agent.targets import InputError, parse_domain, parse_nameserver
+    from probes.dns import lookup_route
+
+    try:
+        name = parse_domain(domain)
+        servers = [parse_nameserver(n) for n in nameserver or []]
+    except InputError as e:
+        raise fail(str(e)) from None
+    route = lookup_route(name, servers, timeout)
+    if json_out:
+        print(json.dumps(route.to_dict(), indent=2))
+    else:
+        print_route(route)
+    raise typer.Exit(PROBLEM if route.problems else OK)
+
+
+def _password(env: str | None, file: str | None) -> str | None:
+    """The AUTH password, from an environment variable or a file; never from the command line."""
+    if env and file:
+        raise fail("give --password-env or --password-file, not both")
+    if env:
+        if env not in os.environ:
+            raise fail(f"environment variable {env!r} (--password-env) is not set")
+        return os.environ[env]
+    if file:
+        try:
+            with open(file) as f:
+                return f.read().rstrip("\r\n")
+        except OSError as e:
+            raise fail(f"cannot read --password-file {file!r}: {e.strerror}") from None
+    return None
+
+
+@app.command()
+def smtp(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET",
+            help="HOST, HOST:PORT, IPv4:PORT or [IPv6]:PORT; a name is checked on all its addresses.",
+        ),
+    ],
+    port: PortsOpt = None,
+    tls: Annotated[
+        str,
+        typer.Option(
+            help="auto (implicit TLS on 465, STARTTLS when offered elsewhere), starttls, implicit or none."
+        ),
+    ] = "auto",
+    ca_file: Annotated[str | None, typer.Option(help="Trust the CAs in this PEM file.")] = None,
+    server_name: Annotated[
+        str | None, typer.Option(help="Name the certificate must carry (default: the host as given).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="Test AUTH as this user.")] = None,
+    password_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the password.")
+    ] = None,
+    password_file: Annotated[str | None, typer.Option(help="File holding the password.")] = None,
+    allow_auth_in_clear: Annotated[bool, typer.Option(help="Send the password even without TLS.")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, max=300, help="Seconds for each stage.")] = 10.0,
+    nameserver: NameserverOpt = None,
+    ipv4: Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")] = False,
+    ipv6: Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The SMTP conversation on every address: greeting, EHLO, STARTTLS or implicit TLS, the
+    certificate, AUTH (only with --user), QUIT. Never sends mail."""
+    import asyncio
+
+    from agent.render import print_sessions
+    from agent.targets import InputError, parse_nameserver, parse_ports, parse_target, resolve
+    from probes.dns import resolve_host
+    from probes.local import route
+    from probes.smtp import SmtpOptions, check_address
+
+    if tls not in ("auto", "starttls", "implicit", "none"):
+        raise fail(f"invalid --tls {tls!r}: expected auto, starttls, implicit or none")
+    password = _password(password_env, password_file)
+    if user and password is None:
+        raise fail("--user needs --password-env or --password-file")
+    if ca_file and not os.path.isfile(ca_file):
+        raise fail(f"cannot read --ca-file {ca_file!r}")
+    try:
+        host, given_port = parse_target(target)
+        ports = [given_port] if given_port else (parse_ports(port or []) or [25])
+        servers = [parse_nameserver(n) for n in nameserver or []]
+        if servers:
+            addresses, why = asyncio.run(resolve_host(host, servers, timeout))
+            if not addresses:
+                raise InputError(f"cannot resolve {host!r}: {why}")
+        else:
+            addresses = resolve(host)
+    except InputError as e:
+        raise fail(str(e)) from None
+    if ipv4 != ipv6:
+        addresses = [a for a in addresses if (":" in a) == ipv6]
+        if not addresses:
+            raise fail(f"{host!r} has no IPv{6 if ipv6 else 4} address")
+    opts = SmtpOptions(
+        tls=tls,
+        timeout=timeout,
+        server_name=server_name,
+        ca_file=ca_file,
+        user=user,
+        password=password,
+        allow_auth_in_clear=allow_auth_in_clear,
+    )
+
+    async def run_all():
+        checks = []
+        for a in addresses:
+            source = route(a)
+            for p in ports:
+                checks.append(check_address(host, a, p, opts, source if isinstance(source, str) else ""))
+        return await asyncio.gather(*checks)
+
+    results = asyncio.run(run_all())
+    if json_out:
+        docs = [r.to_dict() for r in results]
+        print(json.dumps(docs[0] if len(docs) == 1 else {"sessions": docs}, indent=2))
+    else:
+        print_sessions(results)
+    raise typer.Exit(PROBLEM if any(r.problems for r in results) else OK)
+
+
 def main() -> None:
     """Entry point: usage errors (click's, ours) become one line on stderr with exit 2.
 

@@ -6,7 +6,9 @@ from rich.console import Console
 from rich.table import Table
 
 from probes.classify import Verdict
+from probes.dns import MailRoute
 from probes.result import ProbeResult
+from probes.smtp import SmtpResult
 from probes.trace import TraceResult
 
 VERDICT_STYLE = {
@@ -111,4 +113,52 @@ def print_traces(results: list[TraceResult], console: Console | None = None) -> 
         console.print(trace_summary(r))
         if not r.complete:
             console.print("[yellow]stopped at the time limit: the trace is incomplete[/]")
+        console.print()
+
+
+def _problems(console: Console, problems) -> None:
+    for p in problems:
+        where = f" [dim]({p.stage})[/]" if getattr(p, "stage", None) else ""
+        console.print(f"  [red]{p.code}[/]{where}: {p.message}")
+
+
+def print_route(route: MailRoute, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(
+        f"[bold]mail for {route.domain}[/] (nameservers: {', '.join(route.nameservers) or 'system'})"
+    )
+    if route.mx:
+        table = Table(header_style="bold")
+        for col in ("pref", "exchange", "addresses"):
+            table.add_column(col, justify="right" if col == "pref" else "left")
+        for x in route.mx:
+            host = f"{x.host} [dim](implicit MX)[/]" if x.implicit else x.host
+            table.add_row(str(x.preference), host, "\n".join(x.addresses) or "[red]none[/]")
+        console.print(table)
+    if route.problems:
+        _problems(console, route.problems)
+    else:
+        console.print("[green]no problem found[/]")
+
+
+def print_sessions(results: list[SmtpResult], console: Console | None = None) -> None:
+    console = console or Console()
+    for r in results:
+        name = r.address if r.host == r.address else f"{r.host} ({r.address})"
+        tls = (
+            r.tls and f"{r.tls['version']}, certificate {'verified' if r.tls['verified'] else 'NOT verified'}"
+        )
+        console.print(f"[bold]SMTP {name} port {r.port}[/]: TLS {r.tls_mode}" + (f" ({tls})" if tls else ""))
+        table = Table(header_style="bold")
+        for col in ("stage", "ok", "ms", "detail"):
+            table.add_column(col, justify="right" if col == "ms" else "left", overflow="fold")
+        for st in r.stages:
+            table.add_row(st.name, "[green]yes[/]" if st.ok else "[red]no[/]", f"{st.ms:.1f}", st.detail)
+        console.print(table)
+        if r.auth_mechanisms:
+            console.print(f"  AUTH mechanisms: {' '.join(r.auth_mechanisms)}")
+        if r.problems:
+            _problems(console, r.problems)
+        else:
+            console.print("  [green]no problem found[/]")
         console.print()

@@ -117,3 +117,18 @@ def expand(texts: Iterable[str], ports: list[int], resolver: Resolver = resolve)
             for p in [port] if port is not None else (ports or list(DEFAULT_PORTS)):
                 out.setdefault((host, address, p), Target(host, address, p))
     return list(out.values())
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """``ADDR``, ``ADDR:PORT`` or ``[IPv6]:PORT`` -> (address, port); names are refused, since
+    looking up the resolver would need a resolver."""
+    host, port = parse_target(text)
+    if not (_is_ip(host, 4) or _is_ip(host, 6)):
+        raise InputError(f"invalid nameserver {text!r}: give an IP address")
+    return host, port or 53
+
+
+def parse_domain(text: str) -> str:
+    if not is_hostname(text):
+        raise InputError(f"invalid domain {text!r}")
+    return text.rstrip(".").lower()

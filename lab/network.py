@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Lab:
     _up: bool = field(default=False, init=False)
     _table: int = field(default=100, init=False)
     _undo: list[tuple[str, str]] = field(default_factory=list, init=False)
+    _on_down: list = field(default_factory=list, init=False)
 
     # -- names and addresses -------------------------------------------------------------
 
@@ -194,6 +196,9 @@ class Lab:
         for p in self._procs:
             _stop(p)
         self._procs.clear()
+        for fn in self._on_down:
+            fn()
+        self._on_down.clear()
         for node in NODES:
             _delete_ns(self.ns(node))
 
@@ -274,15 +279,71 @@ class Lab:
 
     # -- services ------------------------------------------------------------------------
 
+    def on_down(self, fn) -> None:
+        """Call ``fn`` when the lab is torn down (after its processes are stopped)."""
+        self._on_down.append(fn)
+
+    def add_address(self, node: str, *addresses: str) -> None:
+        """Give ``node`` more addresses on its link (e.g. one per lab service)."""
+        ifname = next(ln.a if ln.b == node else ln.b for ln in LINKS if node in (ln.a, ln.b))
+        for a in addresses:
+            if ":" in a:
+                self.sh(node, f"ip -6 addr add {a}/64 dev {ifname} nodad")
+            else:
+                self.sh(node, f"ip addr add {a}/24 dev {ifname}")
+
+    def _ready(self, node: str, argv: Sequence[str]) -> subprocess.Popen:
+        p = self.popen(node, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{node}: {' '.join(argv)} did not start")
+        return p
+
+    def serve_dns(self, config: Sequence[str], address4: str, address6: str, workdir: Path) -> None:
+        """Run dnsmasq in the server namespace on ``address4``/``address6`` with the given
+        config lines (``mx-host=...``, ``host-record=...``), and make it the client's resolver."""
+        conf = workdir / "dnsmasq.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "no-resolv",
+                    "no-hosts",
+                    "bind-interfaces",
+                    f"listen-address={address4}",
+                    f"listen-address={address6}",
+                    "user=root",
+                    *config,
+                ]
+            )
+            + "\n"
+        )
+        self.popen(
+            "server",
+            ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--pid-file="],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._ready("server", [sys.executable, "-m", "lab.badns", address4, "5300"])
+        d = Path("/etc/netns") / self.ns("client")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "resolv.conf").write_text(f"nameserver {address4}\nnameserver {address6}\noptions timeout:2\n")
+        deadline = time.monotonic() + 5
+        while self.exec("client", ["getent", "hosts", "dns-ready.lab.test"], check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lab {self.prefix}: dnsmasq did not answer")
+            time.sleep(0.1)
+
+    def serve_smtp(self, services: list[dict], workdir: Path) -> subprocess.Popen:
+        """Run the lab's SMTP services (see ``lab.smtpd``) in the server namespace."""
+        import json
+
+        spec = workdir / "smtpd.json"
+        spec.write_text(json.dumps(services))
+        return self._ready("server", [sys.executable, "-m", "lab.smtpd", str(spec)])
+
     def listen(self, ports: Sequence[int], node: str = "server") -> subprocess.Popen:
         """Accept TCP on ``ports`` (IPv4 and IPv6) in ``node`` until the lab goes down."""
-        import sys
-
         spec = ",".join(str(p) for p in ports)
-        p = self.popen(node, [sys.executable, "-m", "lab.listen", spec], stdout=subprocess.PIPE, text=True)
-        if p.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"listener on {node} did not start")
-        return p
+        return self._ready(node, [sys.executable, "-m", "lab.listen", spec])
 
 
 def _net(link: Link, family: int) -> str:
