@@ -191,5 +191,5 @@ async def resolve_host(
     a, aaaa = await addresses_of(_resolver(nameservers, timeout), host)
     addresses = [x for outcome in (a, aaaa) if isinstance(outcome, list) for x in outcome]
     why = {Failure.NXDOMAIN: "NXDOMAIN", Failure.SERVFAIL: "SERVFAIL", Failure.TIMEOUT: "timed out"}
-    reasons = [why[o] for o in (a, aaaa) if o in why]
+    reasons = [why[o] for o in (a, aaaa) if isinstance(o, Failure) and o in why]
     return addresses, reasons[0] if reasons else "no A or AAAA record"

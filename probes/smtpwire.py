@@ -94,6 +94,8 @@ def capabilities(ehlo: SMTPReply) -> dict[str, list[str]]:
         params = [w.upper() for w in words[1:]] if keyword == "AUTH" else words[1:]
         caps.setdefault(keyword, [])
         caps[keyword] += [p for p in params if p not in caps[keyword]]
+    if caps.get("AUTH") == []:  # "250-AUTH" naming no mechanism offers nothing usable
+        del caps["AUTH"]
     return caps
 
 
