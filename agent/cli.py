@@ -347,6 +347,122 @@ def smtp(
     raise typer.Exit(PROBLEM if any(r.problems for r in results) else OK)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """This host's source-port range (the replies' destination ports)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+@app.command()
+def cloud(
+    dest: Annotated[list[str], typer.Option("--dest", help="Destination address or name (repeatable).")],
+    port: PortsOpt = None,
+    instance_id: Annotated[str | None, typer.Option(help="EC2 instance to evaluate (off EC2).")] = None,
+    eni: Annotated[str | None, typer.Option(help="Network interface to evaluate (off EC2).")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="AWS region (default: IMDS, then the usual configuration).")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="auto (IMDS, then DMI), aws, gcp, azure.")] = "auto",
+    ephemeral: Annotated[
+        str | None,
+        typer.Option(help="The client's source ports, LO-HI (default: this host's ip_local_port_range)."),
+    ] = None,
+    imds_timeout: Annotated[float, typer.Option(min=0.05, max=30, help="Seconds to wait for IMDS.")] = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Which security group, network ACL, route or provider policy blocks mail from this
+    host to DEST: an evaluation of the cloud's configuration, read with read-only calls."""
+    from agent.render import print_evaluations
+    from agent.targets import InputError, parse_ports, resolve
+    from cloud.evaluate import Context, Interface, evaluate, missing_permissions
+
+    if provider not in ("auto", "aws", "gcp", "azure"):
+        raise fail(f"invalid --provider {provider!r}: expected auto, aws, gcp or azure")
+    try:
+        ports = parse_ports(port or []) or [25]
+        addresses = [a for d in dest for a in resolve(d)]
+        if ephemeral:
+            lo, _, hi = ephemeral.partition("-")
+            eph = parse_ports([ephemeral]) and (int(lo), int(hi or lo))
+        else:
+            eph = _ephemeral_range()
+    except InputError as e:
+        raise fail(str(e)) from None
+    identity, instance = None, {}
+    if provider in ("auto", "aws") and not (instance_id or eni):
+        from cloud.aws import imds_identity
+
+        identity = imds_identity(imds_timeout)
+    if instance_id or eni:
+        from cloud.aws import Identity
+
+        identity = Identity(instance_id=instance_id, eni_id=eni, region=region)
+    if provider == "auto":
+        from cloud.provider import detect
+
+        provider = "aws" if identity else (detect() or "")
+    missing: list[dict] = []
+    if provider == "aws":
+        if identity is None:
+            raise fail(
+                "no EC2 instance metadata here: give --instance-id or --eni (and --region)", CANNOT_RUN
+            )
+        identity.region = region or identity.region
+        ctx, dests, reader = _read_aws(identity, addresses, eph)
+        missing = missing_permissions(ctx, reader.missing)
+        instance = identity.to_dict()
+    elif provider in ("gcp", "azure"):
+        ctx = Context(
+            provider=provider,
+            source=Interface(None, None, None),
+            ephemeral=eph,
+            unchecked={"firewall": f"{provider} firewall rules are not read by mailpath"},
+        )
+        dests = dict.fromkeys(addresses)
+    else:
+        raise fail(
+            "not on a recognised cloud host (no IMDS, no cloud DMI vendor): give --instance-id/--eni "
+            "or --provider",
+            CANNOT_RUN,
+        )
+    results = []
+    for address in addresses:
+        ctx.destination = dests.get(address)
+        for p in ports:
+            doc = {
+                "provider": provider,
+                "instance": instance,
+                **evaluate(ctx, address, p).to_dict(),
+                "missing_permissions": missing,
+            }
+            results.append(doc)
+    if json_out:
+        print(json.dumps(results[0] if len(results) == 1 else {"evaluations": results}, indent=2))
+    else:
+        print_evaluations(results)
+    raise typer.Exit(OK if all(r["verdict"] == "allowed" for r in results) else PROBLEM)
+
+
+def _read_aws(identity, addresses: list[str], eph: tuple[int, int]):
+    """Read the EC2 configuration; credential, region and endpoint errors end the run (exit 3)."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+
+    from cloud.aws import Reader, read_context
+
+    try:
+        return read_context(identity, addresses, eph, Reader(identity.region))
+    except NoRegionError:
+        raise fail("no AWS region: give --region or set AWS_DEFAULT_REGION") from None
+    except LookupError as e:
+        raise fail(str(e), CANNOT_RUN) from None
+    except (BotoCoreError, ClientError) as e:
+        raise fail(f"could not read the EC2 configuration: {e}", CANNOT_RUN) from None
+
+
 def main() -> None:
     """Entry point: usage errors (click's, ours) become one line on stderr with exit 2.
 

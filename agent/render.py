@@ -162,3 +162,27 @@ def print_sessions(results: list[SmtpResult], console: Console | None = None) ->
         else:
             console.print("  [green]no problem found[/]")
         console.print()
+
+
+def print_evaluations(docs: list[dict], console: Console | None = None) -> None:
+    console = console or Console()
+    colour = {"allowed": "green", "blocked": "red", "unknown": "yellow"}
+    for d in docs:
+        dest = d["destination"]
+        console.print(
+            f"[bold]TCP {dest['port']} to {dest['address']}[/] from "
+            f"{d['instance'].get('instance_id') or d['instance'].get('eni_id') or 'this host'} "
+            f"({d['provider']}): [{colour[d['verdict']]}]{d['verdict']}[/]"
+        )
+        for b in d["blockers"]:
+            what = f"{b['component']} {b['id'] or ''}".strip() + (f" rule {b['rule']}" if b["rule"] else "")
+            console.print(f"  [red]{b['code']}[/] {what} ({b['direction']}): {b['message']}")
+        table = Table(header_style="bold")
+        for col in ("checked", "direction", "id", "result", "detail"):
+            table.add_column(col, overflow="fold")
+        for c in d["checked"]:
+            table.add_row(c["component"], c["direction"], c["id"] or "-", c["result"], c["detail"])
+        console.print(table)
+        for m in d["missing_permissions"]:
+            console.print(f"  [yellow]{m['message']}[/]")
+        console.print()
