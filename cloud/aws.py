@@ -35,10 +35,16 @@ _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "Un
 _NOT_FOUND_SUFFIX = ".NotFound"
 
 
-class MissingPermission(Exception):
-    def __init__(self, action: str) -> None:
-        super().__init__(action)
-        self.action = action
+class Unreadable(Exception):
+    """A component could not be read; ``reason`` says why (for permissions: the IAM action)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MissingPermission(Unreadable):
+    pass
 
 
 class NotFound(Exception):
@@ -131,8 +137,10 @@ class Reader:
         self._cache: dict[str, object] = {}
 
     def call(self, op: str, key: str, **params) -> list:
-        """All pages of ``op``'s ``key`` list. Raises MissingPermission or NotFound."""
-        from botocore.exceptions import ClientError
+        """All pages of ``op``'s ``key`` list. Raises MissingPermission, NotFound, or
+        Unreadable for other API failures (a server error, an unsupported filter)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.parsers import ResponseParserError
 
         cache_key = json.dumps([op, params], sort_keys=True)
         if cache_key in self._cache:
@@ -157,8 +165,16 @@ class Reader:
                     self.missing.append(ACTIONS[op])
             elif code.endswith(_NOT_FOUND_SUFFIX):
                 err = NotFound(code)
+            elif code.startswith(("Invalid", "Throttling", "RequestLimitExceeded")):
+                raise  # a bad request, or throttling that outlasted the retries: not ours to hide
             else:
+                err = Unreadable(f"{op} failed: {code}")
+            self._cache[cache_key] = err
+            raise err from None
+        except (BotoCoreError, ResponseParserError) as e:
+            if type(e).__name__ in ("NoCredentialsError", "NoRegionError", "EndpointConnectionError"):
                 raise
+            err = Unreadable(f"{op} failed: {e}")
             self._cache[cache_key] = err
             raise err from None
         self._cache[cache_key] = items
@@ -197,8 +213,8 @@ def _own_interface(r: Reader, who: Identity, unchecked: dict) -> tuple[Interface
             enis = attached[:1]
         if enis:
             return _interface_from_api(enis[0])
-    except MissingPermission as e:
-        unchecked["interface"] = e.action
+    except Unreadable as e:
+        unchecked["interface"] = e.reason
     except NotFound as e:
         raise LookupError(f"{who.eni_id or who.instance_id} not found ({e})") from None
     if not who.subnet_id:
@@ -213,8 +229,8 @@ def _groups(r: Reader, ids: list[str], ctx: Context, component: str) -> list[dic
         return []
     try:
         groups = r.call("DescribeSecurityGroups", "SecurityGroups", GroupIds=sorted(ids))
-    except MissingPermission as e:
-        ctx.unchecked[component] = e.action
+    except Unreadable as e:
+        ctx.unchecked[component] = e.reason
         return None
     for g in groups:
         for perm in g.get("IpPermissions", []) + g.get("IpPermissionsEgress", []):
@@ -229,7 +245,7 @@ def _groups(r: Reader, ids: list[str], ctx: Context, component: str) -> list[dic
                             "NetworkInterfaces",
                             Filters=[{"Name": "group-id", "Values": [gid]}],
                         )
-                    except MissingPermission:
+                    except Unreadable:
                         members = []
                     ifaces = [_interface_from_api(m)[0] for m in members]
                     ctx.group_members[gid] = [a for i in ifaces for a in i.private_ips + i.ipv6s]
@@ -241,7 +257,7 @@ def _prefix_list(r: Reader, pl: str, ctx: Context) -> None:
         return
     try:
         entries = r.call("GetManagedPrefixListEntries", "Entries", PrefixListId=pl)
-    except (MissingPermission, NotFound):
+    except (Unreadable, NotFound):
         entries = []
     ctx.prefix_lists[pl] = [e["Cidr"] for e in entries]
 
@@ -259,8 +275,8 @@ def _subnet_nacl(r: Reader, subnet: str, vpc: str | None, ctx: Context, componen
                 "NetworkAcls",
                 Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default", "Values": ["true"]}],
             )
-    except MissingPermission as e:
-        ctx.unchecked[component] = e.action
+    except Unreadable as e:
+        ctx.unchecked[component] = e.reason
         return None
     return acls[0] if acls else None
 
@@ -281,8 +297,8 @@ def _route_table(r: Reader, subnet: str, vpc: str | None, ctx: Context) -> dict 
                     {"Name": "association.main", "Values": ["true"]},
                 ],
             )
-    except MissingPermission as e:
-        ctx.unchecked["route-table"] = e.action
+    except Unreadable as e:
+        ctx.unchecked["route-table"] = e.reason
         return None
     if not tables:
         return None
@@ -307,7 +323,7 @@ def _gateway(r: Reader, route: dict, ctx: Context) -> None:
             ctx.gateways[nat] = found[0] if found else None
     except NotFound:
         ctx.gateways[gw or nat] = None
-    except MissingPermission:
+    except Unreadable:
         pass
     target = gw or nat
     if target in ctx.gateways and (
@@ -321,7 +337,7 @@ def _vpc_cidrs(r: Reader, vpc: str | None, ctx: Context) -> None:
         return
     try:
         vpcs = r.call("DescribeVpcs", "Vpcs", VpcIds=[vpc])
-    except (MissingPermission, NotFound):
+    except (Unreadable, NotFound):
         return
     for v in vpcs:
         ctx.vpc_cidrs += [a["CidrBlock"] for a in v.get("CidrBlockAssociationSet", [])] or [v["CidrBlock"]]
@@ -330,15 +346,28 @@ def _vpc_cidrs(r: Reader, vpc: str | None, ctx: Context) -> None:
 
 def _destination(r: Reader, address: str, ctx: Context) -> Interface | None:
     """The destination's interface, when it belongs to this account."""
-    name = (
-        "addresses.private-ip-address" if ip_address(address).version == 4 else "ipv6-addresses.ipv6-address"
-    )
+    want = ip_address(address)
+    name = "ipv6-addresses.ipv6-address" if want.version == 6 else "addresses.private-ip-address"
     try:
         enis = r.call(
             "DescribeNetworkInterfaces", "NetworkInterfaces", Filters=[{"Name": name, "Values": [address]}]
         )
     except MissingPermission:
         return None
+    except Unreadable:  # some emulators lack the IPv6 filter: look through the VPC's interfaces
+        if not ctx.source.vpc_id:
+            return None
+        try:
+            enis = r.call(
+                "DescribeNetworkInterfaces",
+                "NetworkInterfaces",
+                Filters=[{"Name": "vpc-id", "Values": [ctx.source.vpc_id]}],
+            )
+        except Unreadable:
+            return None
+        enis = [
+            e for e in enis if any(ip_address(a["Ipv6Address"]) == want for a in e.get("Ipv6Addresses", []))
+        ]
     if not enis:
         return None
     iface, group_ids = _interface_from_api(enis[0])

@@ -12,6 +12,12 @@ import pytest
 
 MAILPATH = str(Path(sys.executable).with_name("mailpath"))
 
+# No test may ever reach a real metadata service (169.254.169.254 is outside every lab):
+# botocore and mailpath's IMDS client read this endpoint; tests that need IMDS serve their own.
+os.environ["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = "http://127.0.0.1:9/"
+os.environ.setdefault("AWS_CONFIG_FILE", os.devnull)
+os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
 
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
