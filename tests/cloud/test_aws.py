@@ -279,6 +279,43 @@ def test_destination_in_the_same_vpc(aws):
     ev, _ = check(w, relay, 587)
     assert codes(ev) == [("security-group", "ENI_SG_RULES_MISMATCH", None)]
     assert ev.blockers[0].direction == "ingress" and dsg in ev.blockers[0].id
+    # the relay's subnet ACL refuses 25 from our subnet
+    acl = aws.create_network_acl(VpcId=w.vpc)["NetworkAcl"]["NetworkAclId"]
+    aws.create_network_acl_entry(
+        NetworkAclId=acl,
+        RuleNumber=10,
+        Protocol="6",
+        RuleAction="deny",
+        Egress=False,
+        CidrBlock="10.0.1.0/24",
+        PortRange={"From": 25, "To": 25},
+    )
+    aws.create_network_acl_entry(
+        NetworkAclId=acl,
+        RuleNumber=100,
+        Protocol="-1",
+        RuleAction="allow",
+        Egress=False,
+        CidrBlock="0.0.0.0/0",
+    )
+    aws.create_network_acl_entry(
+        NetworkAclId=acl,
+        RuleNumber=100,
+        Protocol="-1",
+        RuleAction="allow",
+        Egress=True,
+        CidrBlock="0.0.0.0/0",
+    )
+    assoc = aws.describe_network_acls(Filters=[{"Name": "association.subnet-id", "Values": [other]}])
+    current = next(
+        a["NetworkAclAssociationId"]
+        for a in assoc["NetworkAcls"][0]["Associations"]
+        if a["SubnetId"] == other
+    )
+    aws.replace_network_acl_association(AssociationId=current, NetworkAclId=acl)
+    ev, _ = check(w, relay, 25)
+    assert codes(ev) == [("network-acl", "SUBNET_ACL_RESTRICTION", "10")]
+    assert ev.blockers[0].direction == "ingress" and ev.blockers[0].id == acl
 
 
 def test_access_denied_on_one_call(aws, denier):

@@ -254,3 +254,17 @@ def test_unread_components_make_the_verdict_unknown():
     ev = evaluate(ctx, "198.51.100.7", 587)
     assert ev.verdict == "unknown"
     assert any("needs ec2:DescribeNetworkAcls" in c["detail"] for c in ev.checked)
+
+
+def test_provider_from_dmi():
+    from cloud.provider import AZURE_ASSET_TAG, provider_from_dmi, read_dmi
+
+    assert provider_from_dmi({"sys_vendor": "Amazon EC2", "product_name": "m5.large"}) == "aws"
+    assert provider_from_dmi({"bios_vendor": "Amazon EC2", "sys_vendor": "Xen"}) == "aws"
+    assert provider_from_dmi({"sys_vendor": "Google", "product_name": "Google Compute Engine"}) == "gcp"
+    assert (
+        provider_from_dmi({"sys_vendor": "Microsoft Corporation", "chassis_asset_tag": AZURE_ASSET_TAG})
+        == "azure"
+    )
+    assert provider_from_dmi({"sys_vendor": "QEMU", "product_name": "Standard PC"}) is None
+    assert isinstance(read_dmi(), dict)  # whatever this machine is, reading never fails
