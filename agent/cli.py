@@ -347,6 +347,96 @@ def smtp(
     raise typer.Exit(PROBLEM if any(r.problems for r in results) else OK)
 
 
+@app.command()
+def diagnose(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET", help="A mail domain (its MX hosts are followed), a host name or an address."
+        ),
+    ],
+    port: PortsOpt = None,
+    timeout: TimeoutOpt = 1.0,
+    retries: RetriesOpt = 2,
+    method: Annotated[Method, typer.Option(help="raw, connect, or auto.")] = Method.auto,
+    mx: Annotated[bool, typer.Option("--mx/--no-mx", help="Follow the MX records of TARGET.")] = True,
+    nameserver: NameserverOpt = None,
+    ipv4: Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")] = False,
+    ipv6: Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")] = False,
+    cloud_check: Annotated[
+        str, typer.Option("--cloud", help="auto (when on a cloud host), yes, no.")
+    ] = "auto",
+    instance_id: Annotated[str | None, typer.Option(help="EC2 instance (off EC2).")] = None,
+    eni: Annotated[str | None, typer.Option(help="EC2 network interface (off EC2).")] = None,
+    region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
+    provider: Annotated[str | None, typer.Option(help="aws, gcp or azure, instead of detecting it.")] = None,
+    ca_file: Annotated[str | None, typer.Option(help="Trust the CAs in this PEM file for SMTP TLS.")] = None,
+    user: Annotated[str | None, typer.Option(help="Test AUTH as this user.")] = None,
+    password_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the password.")
+    ] = None,
+    password_file: Annotated[str | None, typer.Option(help="File holding the password.")] = None,
+    smtp_timeout: Annotated[
+        float, typer.Option(min=0.1, max=300, help="Seconds for each SMTP stage.")
+    ] = 10.0,
+    min_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="Least seconds to wait for a late host-unreachable before calling a port filtered.",
+        ),
+    ] = 3.5,
+    json_out: JsonOpt = False,
+) -> None:
+    """Why mail does not go out, and where: resolves TARGET, probes every address and port,
+    traces what is not open, checks SMTP/TLS/AUTH on what is, reads the cloud configuration
+    when on a cloud host, and gives one finding per target and port."""
+    from agent.diagnose import DiagnoseOptions
+    from agent.diagnose import diagnose as run_diagnose
+    from agent.render import print_findings
+    from agent.targets import InputError, parse_nameserver, parse_ports, parse_target
+
+    if cloud_check not in ("auto", "yes", "no"):
+        raise fail(f"invalid --cloud {cloud_check!r}: expected auto, yes or no")
+    if provider not in (None, "aws", "gcp", "azure"):
+        raise fail(f"invalid --provider {provider!r}: expected aws, gcp or azure")
+    password = _password(password_env, password_file)
+    if user and password is None:
+        raise fail("--user needs --password-env or --password-file")
+    try:
+        host, given_port = parse_target(target)
+        ports = [given_port] if given_port else (parse_ports(port or []) or [25, 465, 587])
+        servers = [parse_nameserver(n) for n in nameserver or []]
+    except InputError as e:
+        raise fail(str(e)) from None
+    opts = DiagnoseOptions(
+        ports=ports,
+        method=method.value,
+        timeout=timeout,
+        retries=retries,
+        min_wait=min_wait,
+        smtp_timeout=smtp_timeout,
+        follow_mx=mx,
+        nameservers=servers,
+        family=(4 if ipv4 else 6) if ipv4 != ipv6 else None,
+        cloud="yes" if instance_id or eni else cloud_check,
+        instance_id=instance_id,
+        eni=eni,
+        region=region,
+        provider=provider,
+        ca_file=ca_file,
+        user=user,
+        password=password,
+    )
+    found = run_diagnose(host, opts)
+    if json_out:
+        print(json.dumps({"findings": [f.to_json_dict() for f in found]}, indent=2))
+    else:
+        print_findings(found)
+    raise typer.Exit(OK if all(f.cause == "none" for f in found) else PROBLEM)
+
+
 def _ephemeral_range() -> tuple[int, int]:
     """This host's source-port range (the replies' destination ports)."""
     try:

@@ -186,3 +186,50 @@ def print_evaluations(docs: list[dict], console: Console | None = None) -> None:
         for m in d["missing_permissions"]:
             console.print(f"  [yellow]{m['message']}[/]")
         console.print()
+
+
+CAUSE_STYLE = {
+    "none": "green",
+    "dns": "magenta",
+    "network": "magenta",
+    "firewall": "red",
+    "service": "yellow",
+    "tls": "yellow",
+    "auth": "yellow",
+    "cloud-config": "red",
+    "cloud-policy": "red",
+}
+
+
+def print_findings(findings, console: Console | None = None) -> None:
+    """The human report: a headline per target and port, then evidence and what to do.
+    Deterministic for given findings (no times, ids or round-trip times): a golden file
+    test holds it still."""
+    console = console or Console()
+    for f in findings:
+        console.print(f"[bold {CAUSE_STYLE[f.cause]}]{f.headline}[/]", highlight=False)
+        if f.addresses:
+            verdicts = ", ".join(f"{a.address} {a.verdict}" for a in f.addresses)
+            console.print(f"  addresses: {verdicts}", highlight=False)
+        if f.location is not None and f.cause != "none":
+            loc = f.location
+            where = {
+                "local": "this host",
+                "destination": f"the destination {loc.address or ''}".strip(),
+                "hop": f"hop {loc.hop}" + (f" ({loc.address})" if loc.address else ""),
+                "cloud": f"cloud component {loc.component}",
+            }[loc.kind]
+            console.print(f"  where: {where}", highlight=False)
+        if f.evidence:
+            console.print("  evidence:")
+            for e in f.evidence:
+                console.print(f"    - [dim]{e.source}[/] {e.fact}", highlight=False)
+        if f.remediation:
+            console.print("  what to do:")
+            for n, step in enumerate(f.remediation, 1):
+                console.print(f"    {n}. {step}", highlight=False)
+        if f.candidates:
+            console.print("  causes the evidence leaves open:")
+            for c in f.candidates:
+                console.print(f"    - {c.cause}: {c.reason} (to tell: {c.how_to_tell})", highlight=False)
+        console.print()

@@ -1,0 +1,443 @@
+"""From measurements to one root cause: the correlation rules of ``mailpath diagnose``.
+
+Pure: it reads probe, trace, SMTP, DNS and cloud results and writes a diagnosis; every rule
+is a small function with its own unit test. Rules, in the order they apply to one address:
+
+1. the host could not send at all (``responder: local``) → ``network`` (no route, blackhole)
+   or ``firewall`` (a prohibit route, the host's own firewall), at ``local``;
+2. ``open`` → the SMTP conversation decides: ``service`` (no greeting, refused, hangs),
+   ``tls`` (mode mismatch, certificate, STARTTLS), ``auth``; else ``none``;
+3. ``refused`` → ``service`` at the destination: nothing listens (is the port right?);
+4. ``reset-in-path`` → ``firewall`` at the hop that forged the RST;
+5. ``rejected`` → ``firewall`` at the hop (or destination) that sent the ICMP reject;
+6. ``unreachable`` → ``cloud-config`` when the cloud's route table explains it, else
+   ``network`` at the hop that said so;
+7. ``filtered`` → ``cloud-config`` when a security group, ACL or route certainly blocks;
+   ``cloud-policy`` when only the provider's port-25 policy does; else the trace decides:
+   a port-specific drop is a ``firewall`` after hop N, a path that goes silent for the
+   control too is ``network``; with no trace, the causes that remain are listed.
+
+Across the addresses of one target and port, the first failing address's diagnosis is the
+finding's (``error`` when no address works, ``warning`` when another one does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.finding import Candidate, Evidence, Location
+from probes.result import ProbeResult
+
+SERVICE_CODES = ("no-greeting", "service-refused", "timeout", "connect-failed")
+TLS_CODES = (
+    "tls-mismatch",
+    "tls-handshake-failed",
+    "starttls-failed",
+    "starttls-missing",
+    "cert-untrusted",
+    "cert-name-mismatch",
+    "cert-expired",
+)
+AUTH_CODES = ("auth-failed", "auth-unsupported")
+CERTAIN_CLOUD = ("security-group", "network-acl", "route-table", "internet-gateway")
+
+
+@dataclass
+class Observation:
+    """Everything measured about one address on one port."""
+
+    address: str
+    probe: ProbeResult
+    trace: object | None = None  # probes.trace.TraceResult
+    smtp: object | None = None  # probes.smtp.SmtpResult
+    cloud: object | None = None  # cloud.evaluate.Evaluation
+
+
+@dataclass
+class Diagnosis:
+    cause: str
+    summary: str  # the headline's middle: "dropped after hop 2 (198.18.2.2)"
+    location: Location | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    remediation: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    severity: str = "error"
+
+    def headline(self, port: int, target: str) -> str:
+        """ "587 on mail.example.com: dropped after hop 2 (10.0.0.1) — firewall"."""
+        return f"{port} on {target}: {self.summary} — {self.cause if self.cause != 'none' else 'ok'}"
+
+
+def _ref(o: Observation, kind: str, suffix: str = "") -> str:
+    return f"{kind}:{o.address}:{o.probe.port}{suffix}"
+
+
+def _probe_fact(o: Observation) -> Evidence:
+    p = o.probe
+    return Evidence(source="probe", ref=_ref(o, "probe"), fact=f"{p.verdict}: {p.reason}")
+
+
+def _hop_address(o: Observation, hop: int | None) -> str | None:
+    """The address of the router at ``hop``, as the trace saw it answer time-exceeded."""
+    if o.trace is None or hop is None:
+        return None
+    for row in o.trace.hops:
+        if row["ttl"] == hop and row["reply"] == "time-exceeded":
+            return row["address"]
+    return None
+
+
+def _at(hop: int | None, address: str | None) -> str:
+    return f"hop {hop}" + (f" ({address})" if address else "")
+
+
+# -- the rules -------------------------------------------------------------------------------
+
+
+def rule_local(o: Observation) -> Diagnosis:
+    """The probe never left this host: the routing table or a local firewall refused it."""
+    p = o.probe
+    firewall = p.verdict == "rejected"
+    cause = "firewall" if firewall else "network"
+    return Diagnosis(
+        cause,
+        f"cannot leave this host ({p.reason})",
+        Location(kind="local"),
+        [_probe_fact(o)],
+        [
+            "Check this host's own firewall (iptables/nftables OUTPUT, security agents) for TCP "
+            f"{p.port} to {o.address}"
+            if firewall
+            else f"Check this host's routing table for {o.address}: `ip route get {o.address}` (no route, a "
+            "blackhole or unreachable route)"
+        ],
+    )
+
+
+def rule_open(o: Observation, target: str) -> Diagnosis:
+    """A SYN-ACK came back: the SMTP conversation decides."""
+    s = o.smtp
+    port = o.probe.port
+    ev = [_probe_fact(o)]
+    if s is None:
+        return Diagnosis("none", "open", Location(kind="destination", address=o.address), ev, severity="info")
+    codes = [p.code for p in s.problems]
+    for p in s.problems:
+        ev.append(
+            Evidence(
+                source="smtp", ref=_ref(o, "smtp", f"/{p.stage or 'session'}"), fact=f"{p.code}: {p.message}"
+            )
+        )
+    where = Location(kind="destination", address=o.address)
+    if any(c in SERVICE_CODES for c in codes):
+        code = next(c for c in codes if c in SERVICE_CODES)
+        return Diagnosis(
+            "service",
+            f"SMTP service fails ({code})",
+            where,
+            ev,
+            [
+                f"The port is open but the SMTP service on {o.address}:{port} does not work ({code}): "
+                "check the mail server's logs, its load and its client restrictions (e.g. "
+                "postscreen, greylisting, reject rules for this host)"
+            ],
+        )
+    if "tls-mismatch" in codes:
+        implicit = s.tls_mode == "implicit"
+        if implicit:
+            other = (
+                "or use STARTTLS on 587" if port != 587 else "or fix the server: 587 should offer STARTTLS"
+            )
+            fix = (
+                f"Port {port} speaks implicit TLS (SMTPS): configure the client for TLS on connect "
+                f"(SslOnConnect / SMTP_SSL) on {port}, {other}"
+            )
+        else:
+            other = (
+                "or use implicit TLS on 465"
+                if port != 465
+                else "or fix the server: 465 should speak implicit TLS"
+            )
+            fix = (
+                f"Port {port} speaks plaintext SMTP: configure the client for STARTTLS on {port} (not TLS on "
+                f"connect), {other}"
+            )
+        kind = "implicit TLS" if implicit else "plaintext SMTP/STARTTLS"
+        return Diagnosis("tls", f"TLS mode mismatch: the port speaks {kind}", where, ev, [fix])
+    tls = [c for c in codes if c in TLS_CODES]
+    if tls:
+        steps = {
+            "cert-untrusted": f"Install a certificate from a CA the clients trust on {target}, or add its CA "
+            "to the client's trust store",
+            "cert-name-mismatch": f"Use a certificate that names {target} (or connect by a name it has)",
+            "cert-expired": f"Renew the certificate of {target}",
+            "starttls-missing": f"Enable STARTTLS on {target}:{port} (submission requires it), or use 465",
+            "starttls-failed": f"Fix TLS on {target}:{port}: STARTTLS is offered but refused",
+            "tls-handshake-failed": f"Fix TLS on {target}:{port}: the handshake fails (protocols, ciphers, "
+            "certificate chain)",
+        }
+        return Diagnosis(
+            "tls", f"TLS problem ({', '.join(tls)})", where, ev, [steps[c] for c in tls if c in steps]
+        )
+    auth = [c for c in codes if c in AUTH_CODES]
+    if auth:
+        return Diagnosis(
+            "auth",
+            f"AUTH fails ({', '.join(auth)})",
+            where,
+            ev,
+            [
+                "Check the user name and password the application uses"
+                if "auth-failed" in auth
+                else f"The server offers no usable AUTH on {port}: use the submission port (587/465) "
+                "or enable AUTH"
+            ],
+        )
+    if "auth-in-clear" in codes:
+        return Diagnosis(
+            "tls",
+            "AUTH is offered before TLS",
+            where,
+            ev,
+            [f"Require TLS before AUTH on {target}:{port}, and configure clients for STARTTLS"],
+            severity="warning",
+        )
+    mode = s.tls_mode if s.tls_mode != "none" else "no TLS"
+    return Diagnosis(
+        "none", f"accepts mail ({mode}{', ' + s.tls['version'] if s.tls else ''})", where, ev, severity="info"
+    )
+
+
+def rule_refused(o: Observation) -> Diagnosis:
+    """A RST from the destination itself: nothing listens there."""
+    p = o.probe
+    return Diagnosis(
+        "service",
+        f"refused by {o.address} (nothing listens on {p.port})",
+        Location(kind="destination", hop=p.destination_hop, address=o.address),
+        [_probe_fact(o)],
+        [
+            f"Nothing listens on {o.address}:{p.port}: is the port right (25 relay, 587 submission with "
+            "STARTTLS, 465 implicit TLS)? Is the mail service running and bound to this address?"
+        ],
+    )
+
+
+def rule_reset_in_path(o: Observation) -> Diagnosis:
+    """A RST claiming to be the destination, generated by a nearer hop."""
+    p = o.probe
+    hop = p.responder_hop
+    addr = _hop_address(o, hop)
+    ev = [_probe_fact(o)]
+    if o.trace is not None:
+        ev.append(Evidence(source="trace", ref=_ref(o, "trace", f"/ttl={hop}"), fact=o.trace.reason))
+    return Diagnosis(
+        "firewall",
+        f"connection reset by a device at {_at(hop, addr)}, not by the server",
+        Location(kind="hop", hop=hop, address=addr),
+        ev,
+        [
+            f"A firewall or IPS at {_at(hop, addr)} forges RSTs for TCP {p.port}: allow the port there, or "
+            "send through a port it permits (e.g. 587)"
+        ],
+    )
+
+
+def rule_rejected(o: Observation) -> Diagnosis:
+    """An ICMP reject: the hop (or the destination) that sent it filters the port."""
+    p = o.probe
+    own = p.responder == o.address
+    where = (
+        Location(kind="destination", hop=p.responder_hop, address=o.address)
+        if own
+        else Location(kind="hop", hop=p.responder_hop, address=p.responder)
+    )
+    name = p.icmp["name"] if p.icmp else "reject"
+    what = f"{o.address}'s own firewall" if own else f"the firewall at {_at(p.responder_hop, p.responder)}"
+    return Diagnosis(
+        "firewall",
+        f"rejected by {'the destination' if own else _at(p.responder_hop, p.responder)} ({name})",
+        where,
+        [_probe_fact(o)],
+        [f"Allow TCP {p.port} to {o.address} in {what}"],
+    )
+
+
+def _cloud_blockers(o: Observation, certain: bool) -> list:
+    if o.cloud is None:
+        return []
+    return [
+        b for b in o.cloud.blockers if b.certain == certain and (not certain or b.component in CERTAIN_CLOUD)
+    ]
+
+
+def _cloud_diagnosis(o: Observation, summary_prefix: str, ev: list[Evidence]) -> Diagnosis | None:
+    certain = _cloud_blockers(o, True)
+    if certain:
+        b = certain[0]
+        ev = [
+            *ev,
+            *(
+                Evidence(source="cloud", ref=f"cloud:{x.component}:{x.id}", fact=f"{x.code}: {x.message}")
+                for x in certain
+            ),
+        ]
+        return Diagnosis(
+            "cloud-config",
+            f"{summary_prefix}: {b.component} {b.id or ''} blocks it".replace("  ", " "),
+            Location(kind="cloud", component=b.id or b.component),
+            ev,
+            [f"Change {b.component} {b.id}: {b.message}" for b in certain],
+        )
+    policy = _cloud_blockers(o, False)
+    if policy:
+        b = policy[0]
+        ev = [*ev, Evidence(source="cloud", ref=f"cloud:provider-policy:{b.id}", fact=b.message)]
+        return Diagnosis(
+            "cloud-policy",
+            f"{summary_prefix}: the provider's port-25 block",
+            Location(kind="cloud", component="provider-policy"),
+            ev,
+            [
+                b.message.removeprefix("likely cause, to verify: "),
+                "Meanwhile, send through submission (587 with STARTTLS, or 465) to a relay",
+            ],
+        )
+    return None
+
+
+def rule_unreachable(o: Observation) -> Diagnosis:
+    """An ICMP net/host unreachable (or no route): routing, unless the cloud route table says why."""
+    p = o.probe
+    ev = [_probe_fact(o)]
+    cloud = _cloud_diagnosis(o, "no route", ev)
+    if cloud is not None and cloud.cause == "cloud-config":
+        return cloud
+    return Diagnosis(
+        "network",
+        f"unreachable: {p.reason}",
+        Location(kind="hop", hop=p.responder_hop, address=p.responder),
+        ev,
+        [
+            f"The router at {_at(p.responder_hop, p.responder)} has no route to {o.address}: check routing "
+            "there (or whether the address is right and the host is up)"
+        ],
+    )
+
+
+def rule_filtered(o: Observation) -> Diagnosis:
+    """Silence: the cloud configuration, then the trace and its control, decide."""
+    p, t = o.probe, o.trace
+    ev = [_probe_fact(o)]
+    last = t.drop_after_hop if t is not None else None
+    if t is not None:
+        ev.append(Evidence(source="trace", ref=_ref(o, "trace", f"/ttl={(last or 0) + 1}"), fact=t.reason))
+    where = f"dropped after {_at(last, _hop_address(o, last))}" if last else "dropped before the first hop"
+    cloud = _cloud_diagnosis(o, where, ev)
+    if cloud is not None:
+        return cloud
+    if t is None:
+        return Diagnosis(
+            "firewall",
+            "no answer (silently dropped)",
+            None,
+            ev,
+            [f"Find where TCP {p.port} is dropped: run `mailpath trace {o.address} -p {p.port}` as root"],
+            candidates=[
+                Candidate(
+                    cause="firewall",
+                    reason="a firewall drops the port silently",
+                    how_to_tell="a TCP traceroute that dies on this port but not on another",
+                ),
+                Candidate(
+                    cause="network",
+                    reason="the path or the host is down",
+                    how_to_tell="the control trace (ICMP echo) going silent at the same hop",
+                ),
+                Candidate(
+                    cause="cloud-config",
+                    reason="a security group or ACL drops it",
+                    how_to_tell="`mailpath cloud --dest ... --port ...` on the cloud host",
+                ),
+            ],
+        )
+    addr = _hop_address(o, last) if last else None
+    location = Location(kind="hop", hop=last, address=addr) if last else Location(kind="local")
+    ctl = t.control or {}
+    dest_hop = ctl.get("furthest_hop") if ctl.get("reached_destination") else None
+    if ctl and t.port_specific is False:
+        return Diagnosis(
+            "network",
+            f"{where}, for every kind of packet",
+            location,
+            ev,
+            [
+                f"The path to {o.address} goes silent after {_at(last, addr)} even for the control "
+                f"({ctl.get('kind')}): check routing beyond that hop, and whether {o.address} is up"
+            ],
+            candidates=[
+                Candidate(
+                    cause="network",
+                    reason="a routing black hole or a host that is down",
+                    how_to_tell="a route lookup on the next hop; the host's console",
+                ),
+                Candidate(
+                    cause="firewall",
+                    reason="a firewall that drops everything to this address",
+                    how_to_tell="its logs; a trace to a neighbouring address",
+                ),
+            ],
+        )
+    steps = [f"A firewall drops TCP {p.port} after {_at(last, addr)}: allow the port there"]
+    candidates = []
+    if dest_hop is not None and dest_hop == (last or 0) + 1:
+        steps.append(
+            f"{o.address} is the next hop (hop {dest_hop}): its own host firewall may be the one "
+            "dropping; check both"
+        )
+        candidates = [
+            Candidate(
+                cause="firewall",
+                reason=f"the forwarding filter of {_at(last, addr)}",
+                how_to_tell="its rules/counters for the port",
+            ),
+            Candidate(
+                cause="firewall",
+                reason=f"the host firewall of {o.address} (hop {dest_hop})",
+                how_to_tell="its INPUT rules/counters; a trace cannot see between the two",
+            ),
+        ]
+    return Diagnosis("firewall", where, location, ev, steps, candidates)
+
+
+def diagnose_address(o: Observation, target: str) -> Diagnosis:
+    p = o.probe
+    if p.responder == "local":
+        return rule_local(o)
+    rule = {
+        "open": lambda: rule_open(o, target),
+        "refused": lambda: rule_refused(o),
+        "reset-in-path": lambda: rule_reset_in_path(o),
+        "rejected": lambda: rule_rejected(o),
+        "unreachable": lambda: rule_unreachable(o),
+        "filtered": lambda: rule_filtered(o),
+    }[str(p.verdict)]
+    return rule()
+
+
+def combine(observations: list[Observation], target: str) -> Diagnosis:
+    """One diagnosis for all addresses of a target and port."""
+    per = [(o, diagnose_address(o, target)) for o in observations]
+    failing = [(o, d) for o, d in per if d.cause != "none"]
+    if not failing:
+        o, d = per[0]
+        d.evidence = [e for _, x in per for e in x.evidence]
+        return d
+    o, chosen = failing[0]
+    ok = [x for x, d in per if d.cause == "none"]
+    if ok and chosen.severity == "error":
+        chosen.severity = "warning"
+        chosen.summary += f" (works on {', '.join(x.address for x in ok)})"
+    others = [e for x, d in per if x is not o for e in d.evidence]
+    chosen.evidence = chosen.evidence + others
+    return chosen

@@ -1,0 +1,282 @@
+"""The correlation rules of `mailpath diagnose`, rule by rule, on hand-made measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+from rich.console import Console
+
+from agent.correlate import Observation, combine, diagnose_address
+from agent.finding import Agent, Finding, json_schema
+from agent.render import print_findings
+from cloud.evaluate import Blocker, Evaluation
+from probes.classify import Verdict
+from probes.problem import Problem
+from probes.result import ProbeResult
+from probes.smtp import SmtpResult
+from probes.trace import TraceResult
+
+ROOT = Path(__file__).resolve().parents[2]
+DEST = "198.51.100.25"
+
+
+def probe(verdict: str, **kw) -> ProbeResult:
+    base = dict(
+        host="mx.example.com",
+        address=kw.pop("address", DEST),
+        port=kw.pop("port", 587),
+        verdict=Verdict(verdict),
+        method=kw.pop("method", "raw"),
+        reason=kw.pop("reason", f"{verdict} (test)"),
+    )
+    return ProbeResult(**base, **kw)
+
+
+def trace(
+    verdict="filtered", drop_after=2, port_specific=True, reached_control=True, furthest=3
+) -> TraceResult:
+    hops = [
+        {"ttl": n, "address": f"192.0.2.{n}", "reply": "time-exceeded"}
+        for n in range(1, (drop_after or 0) + 1)
+    ]
+    return TraceResult(
+        host="mx.example.com",
+        address=DEST,
+        port=587,
+        source="203.0.113.5",
+        hops=hops,
+        verdict=Verdict(verdict),
+        drop_after_hop=drop_after,
+        reached_destination=False,
+        responder=None,
+        responder_hop=None,
+        destination_hop=furthest if reached_control else None,
+        control={
+            "kind": "icmp",
+            "port": None,
+            "hops": [],
+            "reached_destination": reached_control,
+            "last_hop": furthest,
+            "furthest_hop": furthest,
+        },
+        port_specific=port_specific,
+        reason=f"SYNs to port 587 go silent after hop {drop_after}",
+        complete=True,
+    )
+
+
+def smtp(*codes: str, mode="starttls") -> SmtpResult:
+    r = SmtpResult("mx.example.com", DEST, 587, mode, "starttls")
+    r.problems = [Problem(c, f"{c} happened", "tls") for c in codes]
+    r.tls = {"version": "TLSv1.3"} if mode != "none" else None
+    return r
+
+
+def cloud(*blockers: Blocker) -> Evaluation:
+    return Evaluation(DEST, 587, "blocked" if blockers else "allowed", list(blockers), [])
+
+
+SG = Blocker(
+    "security-group", "egress", "sg-0abc", None, "ENI_SG_RULES_MISMATCH", "no egress rule allows TCP 587"
+)
+POLICY = Blocker(
+    "provider-policy",
+    "egress",
+    "aws",
+    None,
+    "PROVIDER_PORT_25_BLOCK",
+    "likely cause, to verify: AWS blocks outbound TCP 25 ...",
+    certain=False,
+)
+ROUTE = Blocker("route-table", "egress", "rtb-0123", "198.51.100.0/24", "ROUTE_BLACKHOLE", "blackhole")
+
+
+def dx(o: Observation):
+    return diagnose_address(o, "mx.example.com")
+
+
+def test_silent_drop_at_hop_1_and_a_security_group_without_the_port_is_cloud_config():
+    d = dx(Observation(DEST, probe("filtered"), trace(drop_after=1), cloud=cloud(SG)))
+    assert d.cause == "cloud-config"
+    assert d.location.kind == "cloud" and d.location.component == "sg-0abc"
+    assert any(e.source == "cloud" and "sg-0abc" in e.ref for e in d.evidence)
+    assert any(e.source == "trace" for e in d.evidence) and "sg-0abc" in d.remediation[0]
+
+
+def test_everything_allowed_on_aws_port_25_public_is_cloud_policy():
+    d = dx(Observation(DEST, probe("filtered", port=25), trace(drop_after=1), cloud=cloud(POLICY)))
+    assert d.cause == "cloud-policy" and d.location.component == "provider-policy"
+    assert any("587" in step for step in d.remediation)
+
+
+def test_reset_in_path_is_a_firewall_at_that_hop():
+    t = trace("reset-in-path", drop_after=None)
+    t.hops = [
+        {"ttl": 1, "address": "192.0.2.1", "reply": "time-exceeded"},
+        {"ttl": 2, "address": DEST, "reply": "rst"},
+    ]
+    d = dx(Observation(DEST, probe("reset-in-path", responder=DEST, responder_hop=1, destination_hop=3), t))
+    assert d.cause == "firewall" and (d.location.kind, d.location.hop, d.location.address) == (
+        "hop",
+        1,
+        "192.0.2.1",
+    )
+
+
+def test_refused_is_the_service():
+    d = dx(Observation(DEST, probe("refused", responder=DEST, responder_hop=3, destination_hop=3)))
+    assert d.cause == "service" and d.location.kind == "destination" and "port right" in d.remediation[0]
+
+
+@pytest.mark.parametrize(("mode", "fix"), [("implicit", "TLS on connect"), ("none", "for STARTTLS on 587")])
+def test_open_with_tls_mismatch_is_tls_with_the_right_mode(mode, fix):
+    d = dx(Observation(DEST, probe("open"), smtp=smtp("tls-mismatch", mode=mode)))
+    assert d.cause == "tls"
+    assert fix in d.remediation[0]
+
+
+@pytest.mark.parametrize(
+    ("codes", "cause"),
+    [
+        (("cert-expired",), "tls"),
+        (("cert-untrusted", "cert-name-mismatch"), "tls"),
+        (("starttls-missing",), "tls"),
+        (("auth-failed",), "auth"),
+        (("auth-unsupported",), "auth"),
+        (("no-greeting",), "service"),
+        (("service-refused",), "service"),
+        (("timeout",), "service"),
+        ((), "none"),
+    ],
+)
+def test_open_then_smtp_decides(codes, cause):
+    assert dx(Observation(DEST, probe("open"), smtp=smtp(*codes))).cause == cause
+
+
+def test_auth_in_clear_is_a_warning():
+    d = dx(Observation(DEST, probe("open"), smtp=smtp("auth-in-clear", mode="none")))
+    assert d.cause == "tls" and d.severity == "warning"
+
+
+def test_rejected_names_the_hop_or_the_destination():
+    d = dx(
+        Observation(
+            DEST,
+            probe(
+                "rejected",
+                responder="192.0.2.2",
+                responder_hop=2,
+                icmp={"type": 3, "code": 13, "name": "communication administratively prohibited"},
+            ),
+        )
+    )
+    assert d.cause == "firewall" and (d.location.kind, d.location.hop) == ("hop", 2)
+    d = dx(Observation(DEST, probe("rejected", responder=DEST, responder_hop=3)))
+    assert d.location.kind == "destination"
+
+
+def test_unreachable_is_network_unless_the_cloud_route_explains_it():
+    o = Observation(DEST, probe("unreachable", responder="192.0.2.2", responder_hop=2))
+    assert dx(o).cause == "network" and dx(o).location.hop == 2
+    o.cloud = cloud(ROUTE)
+    assert dx(o).cause == "cloud-config" and dx(o).location.component == "rtb-0123"
+
+
+def test_local_refusals():
+    assert dx(Observation(DEST, probe("unreachable", responder="local", responder_hop=0))).cause == "network"
+    d = dx(Observation(DEST, probe("rejected", responder="local", responder_hop=0)))
+    assert d.cause == "firewall" and d.location.kind == "local"
+
+
+def test_port_specific_drop_is_a_firewall_after_hop_n():
+    d = dx(Observation(DEST, probe("filtered"), trace(drop_after=2, furthest=3)))
+    assert d.cause == "firewall" and (d.location.hop, d.location.address) == (2, "192.0.2.2")
+    assert d.summary == "dropped after hop 2 (192.0.2.2)"
+    assert len(d.candidates) == 2  # hop 2's filter or the destination's own firewall (hop 3)
+
+
+def test_path_silent_for_the_control_too_is_network_with_the_alternatives():
+    d = dx(
+        Observation(
+            DEST,
+            probe("filtered"),
+            trace(drop_after=2, port_specific=False, reached_control=False, furthest=2),
+        )
+    )
+    assert d.cause == "network" and {c.cause for c in d.candidates} == {"network", "firewall"}
+
+
+def test_no_trace_leaves_the_causes_open():
+    d = dx(Observation(DEST, probe("filtered", method="connect")))
+    assert {c.cause for c in d.candidates} == {"firewall", "network", "cloud-config"}
+    assert all(c.how_to_tell for c in d.candidates)
+
+
+def test_one_working_address_makes_it_a_warning():
+    bad = Observation(DEST, probe("refused", responder=DEST))
+    good = Observation("2001:db8::25", probe("open", address="2001:db8::25"), smtp=smtp())
+    d = combine([good, bad], "mx.example.com")
+    assert d.cause == "service" and d.severity == "warning" and "works on 2001:db8::25" in d.summary
+    assert combine([good], "mx.example.com").cause == "none"
+
+
+# -- the schema and the report ---------------------------------------------------------------
+
+
+def test_published_schema_is_the_models_schema():
+    published = json.loads((ROOT / "agent" / "schema" / "finding-v1.json").read_text())
+    assert published == json.loads(json.dumps(json_schema(), sort_keys=True)), (
+        "agent/schema/finding-v1.json is stale: regenerate it (and bump the version if incompatible)"
+    )
+
+
+def _fixed_findings() -> list[Finding]:
+    agent = Agent(hostname="app-1", version="0.1.0")
+    out = []
+    cases = [
+        Observation(DEST, probe("filtered"), trace(drop_after=2, furthest=3)),
+        Observation(DEST, probe("open"), smtp=smtp("tls-mismatch", mode="implicit")),
+        Observation(DEST, probe("filtered", port=25), trace(drop_after=1), cloud=cloud(POLICY)),
+        Observation(DEST, probe("open"), smtp=smtp()),
+    ]
+    for o in cases:
+        d = combine([o], "mx.example.com")
+        out.append(
+            Finding(
+                id="00000000-0000-4000-8000-000000000000",
+                created_at="2026-11-28T00:00:00Z",
+                agent=agent,
+                target="mx.example.com",
+                domain="example.com",
+                port=o.probe.port,
+                cause=d.cause,
+                location=d.location,
+                headline=d.headline(o.probe.port, "mx.example.com"),
+                evidence=d.evidence,
+                remediation=d.remediation,
+                severity=d.severity,
+                candidates=d.candidates,
+            )
+        )
+    return out
+
+
+def test_findings_validate_against_the_published_schema():
+    schema = json.loads((ROOT / "agent" / "schema" / "finding-v1.json").read_text())
+    for f in _fixed_findings():
+        jsonschema.validate(f.to_json_dict(), schema)
+        assert Finding.model_validate(f.to_json_dict()) == f
+
+
+def test_human_report_matches_the_golden_file():
+    console = Console(width=100, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    print_findings(_fixed_findings(), console)
+    got = console.export_text()
+    golden = ROOT / "tests" / "golden" / "diagnose-report.txt"
+    if os.environ.get("MAILPATH_UPDATE_GOLDEN"):  # after a deliberate change: rewrite, review, commit
+        golden.write_text(got)
+    assert got == golden.read_text()
