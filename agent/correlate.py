@@ -77,6 +77,15 @@ def _probe_fact(o: Observation) -> Evidence:
     return Evidence(source="probe", ref=_ref(o, "probe"), fact=f"{p.verdict}: {p.reason}")
 
 
+def _facts(o: Observation, ttl: int | None = None) -> list[Evidence]:
+    """The probe's fact, then the trace's when there is one (``ttl``: where it points)."""
+    ev = [_probe_fact(o)]
+    if o.trace is not None:
+        ttl = ttl if ttl is not None else (o.trace.responder_hop or (o.trace.drop_after_hop or 0) + 1)
+        ev.append(Evidence(source="trace", ref=_ref(o, "trace", f"/ttl={ttl}"), fact=o.trace.reason))
+    return ev
+
+
 def _hop_address(o: Observation, hop: int | None) -> str | None:
     """The address of the router at ``hop``, as the trace saw it answer time-exceeded."""
     if o.trace is None or hop is None:
@@ -228,9 +237,7 @@ def rule_reset_in_path(o: Observation) -> Diagnosis:
     p = o.probe
     hop = p.responder_hop
     addr = _hop_address(o, hop)
-    ev = [_probe_fact(o)]
-    if o.trace is not None:
-        ev.append(Evidence(source="trace", ref=_ref(o, "trace", f"/ttl={hop}"), fact=o.trace.reason))
+    ev = _facts(o, hop)
     return Diagnosis(
         "firewall",
         f"connection reset by a device at {_at(hop, addr)}, not by the server",
@@ -258,7 +265,7 @@ def rule_rejected(o: Observation) -> Diagnosis:
         "firewall",
         f"rejected by {'the destination' if own else _at(p.responder_hop, p.responder)} ({name})",
         where,
-        [_probe_fact(o)],
+        _facts(o, p.responder_hop),
         [f"Allow TCP {p.port} to {o.address} in {what}"],
     )
 
@@ -309,7 +316,7 @@ def _cloud_diagnosis(o: Observation, summary_prefix: str, ev: list[Evidence]) ->
 def rule_unreachable(o: Observation) -> Diagnosis:
     """An ICMP net/host unreachable (or no route): routing, unless the cloud route table says why."""
     p = o.probe
-    ev = [_probe_fact(o)]
+    ev = _facts(o, p.responder_hop)
     cloud = _cloud_diagnosis(o, "no route", ev)
     if cloud is not None and cloud.cause == "cloud-config":
         return cloud
@@ -328,10 +335,8 @@ def rule_unreachable(o: Observation) -> Diagnosis:
 def rule_filtered(o: Observation) -> Diagnosis:
     """Silence: the cloud configuration, then the trace and its control, decide."""
     p, t = o.probe, o.trace
-    ev = [_probe_fact(o)]
     last = t.drop_after_hop if t is not None else None
-    if t is not None:
-        ev.append(Evidence(source="trace", ref=_ref(o, "trace", f"/ttl={(last or 0) + 1}"), fact=t.reason))
+    ev = _facts(o, (last or 0) + 1)
     where = f"dropped after {_at(last, _hop_address(o, last))}" if last else "dropped before the first hop"
     cloud = _cloud_diagnosis(o, where, ev)
     if cloud is not None:

@@ -9,14 +9,14 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from dataclasses import dataclass, field
 
 import pytest
+
+from tests.cloud.imds import IMDS, serve
 
 REGION = "eu-west-1"
 
@@ -51,61 +51,10 @@ def moto_url():
     proc.wait(5)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-def _serve(handler) -> tuple[_Server, str]:
-    server = _Server(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-@dataclass
-class IMDS:
-    """An IMDSv2 endpoint: PUT a token first; every GET must carry it."""
-
-    paths: dict[str, str] = field(default_factory=dict)
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
-    log: list[tuple[str, str, bool]] = field(default_factory=list)  # (method, path, had a good token)
-    url: str = ""
-
-    def handler(self):
-        imds = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code: int, body: str = "") -> None:
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_PUT(self):
-                ok = self.path == "/latest/api/token" and self.headers.get(
-                    "X-aws-ec2-metadata-token-ttl-seconds"
-                )
-                imds.log.append(("PUT", self.path, bool(ok)))
-                self._reply(200, imds.token) if ok else self._reply(400)
-
-            def do_GET(self):
-                good = self.headers.get("X-aws-ec2-metadata-token") == imds.token
-                imds.log.append(("GET", self.path, good))
-                if not good:
-                    return self._reply(401)
-                body = imds.paths.get(self.path.removeprefix("/latest/"))
-                self._reply(200, body) if body is not None else self._reply(404)
-
-        return Handler
-
-
 @pytest.fixture
 def imds():
     server_imds = IMDS()
-    server, server_imds.url = _serve(server_imds.handler())
+    server, server_imds.url = serve(server_imds.handler())
     yield server_imds
     server.shutdown()
 
@@ -183,7 +132,7 @@ def aws(moto_url, monkeypatch):
 @pytest.fixture
 def denier(moto_url, monkeypatch):
     d = Denier(moto_url)
-    server, d.url = _serve(d.handler())
+    server, d.url = serve(d.handler())
     monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", d.url)
     yield d
     server.shutdown()

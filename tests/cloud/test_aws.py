@@ -6,115 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.aws import ACTIONS, Identity, Reader, read_context
 from cloud.evaluate import evaluate
+from tests.cloud.world import World
 from tests.conftest import MAILPATH
 
 PUBLIC = "198.51.100.7"
 POLICY = Path(__file__).resolve().parents[2] / "deploy" / "iam-policy.json"
-
-
-@dataclass
-class World:
-    """One VPC (10.0.0.0/16 + IPv6), a subnet with a route table to an internet gateway, and an
-    instance whose security group allows only what a test says."""
-
-    ec2: object
-    vpc: str
-    subnet: str
-    igw: str
-    rtb: str
-    sg: str
-    instance: str
-    eni: str
-    private_ip: str
-    ipv6: str | None = None
-
-    @classmethod
-    def build(cls, ec2, *, egress: list[dict] | None = None, public_ip: bool = True) -> World:
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16", AmazonProvidedIpv6CidrBlock=True)["Vpc"]
-        vpc_id = vpc["VpcId"]
-        v6block = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0]["Ipv6CidrBlockAssociationSet"][0][
-            "Ipv6CidrBlock"
-        ]
-        subnet = ec2.create_subnet(
-            VpcId=vpc_id, CidrBlock="10.0.1.0/24", Ipv6CidrBlock=v6block.replace("/56", "/64")
-        )["Subnet"]["SubnetId"]
-        igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
-        ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc_id)
-        rtb = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]["RouteTableId"]
-        ec2.associate_route_table(RouteTableId=rtb, SubnetId=subnet)
-        ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
-        ec2.create_route(RouteTableId=rtb, DestinationIpv6CidrBlock="::/0", GatewayId=igw)
-        sg = ec2.create_security_group(GroupName="mail", Description="mail", VpcId=vpc_id)["GroupId"]
-        default = ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0]["IpPermissionsEgress"]
-        if default:
-            ec2.revoke_security_group_egress(GroupId=sg, IpPermissions=default)
-        if egress is None:
-            egress = [
-                {
-                    "IpProtocol": "-1",
-                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
-                    "Ipv6Ranges": [{"CidrIpv6": "::/0"}],
-                }
-            ]
-        if egress:
-            ec2.authorize_security_group_egress(GroupId=sg, IpPermissions=egress)
-        inst = ec2.run_instances(
-            ImageId="ami-12345678",
-            MinCount=1,
-            MaxCount=1,
-            SubnetId=subnet,
-            SecurityGroupIds=[sg],
-            Ipv6AddressCount=1,
-        )["Instances"][0]
-        eni = inst["NetworkInterfaces"][0]
-        if public_ip:
-            alloc = ec2.allocate_address(Domain="vpc")["AllocationId"]
-            ec2.associate_address(AllocationId=alloc, NetworkInterfaceId=eni["NetworkInterfaceId"])
-        v6 = [a["Ipv6Address"] for a in eni.get("Ipv6Addresses", [])]
-        return cls(
-            ec2,
-            vpc_id,
-            subnet,
-            igw,
-            rtb,
-            sg,
-            inst["InstanceId"],
-            eni["NetworkInterfaceId"],
-            inst["PrivateIpAddress"],
-            v6[0] if v6 else None,
-        )
-
-    def custom_acl(self, entries: list[tuple]) -> str:
-        """Put the subnet behind a new ACL with (number, egress, action, protocol, cidr, ports) rules."""
-        ec2 = self.ec2
-        acl = ec2.create_network_acl(VpcId=self.vpc)["NetworkAcl"]["NetworkAclId"]
-        for number, egress, action, proto, cidr, ports in entries:
-            kwargs = {"Ipv6CidrBlock" if ":" in cidr else "CidrBlock": cidr}
-            if ports:
-                kwargs["PortRange"] = {"From": ports[0], "To": ports[1]}
-            ec2.create_network_acl_entry(
-                NetworkAclId=acl,
-                RuleNumber=number,
-                Protocol=proto,
-                RuleAction=action,
-                Egress=egress,
-                **kwargs,
-            )
-        assoc = ec2.describe_network_acls(
-            Filters=[{"Name": "association.subnet-id", "Values": [self.subnet]}]
-        )
-        current = next(
-            a["NetworkAclAssociationId"]
-            for a in assoc["NetworkAcls"][0]["Associations"]
-            if a["SubnetId"] == self.subnet
-        )
-        ec2.replace_network_acl_association(AssociationId=current, NetworkAclId=acl)
-        return acl
 
 
 ALL = [
@@ -399,29 +299,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _imds_paths(w: World, ec2) -> dict[str, str]:
-    eni = ec2.describe_network_interfaces(NetworkInterfaceIds=[w.eni])["NetworkInterfaces"][0]
-    mac = eni.get("MacAddress", "0e:00:00:00:00:01")
-    base = f"meta-data/network/interfaces/macs/{mac}/"
-    return {
-        "meta-data/instance-id": w.instance,
-        "meta-data/mac": mac,
-        "meta-data/placement/region": "eu-west-1",
-        base + "interface-id": w.eni,
-        base + "subnet-id": w.subnet,
-        base + "vpc-id": w.vpc,
-        base + "security-group-ids": w.sg,
-        base + "local-ipv4s": w.private_ip,
-        "dynamic/instance-identity/document": json.dumps({"instanceId": w.instance, "region": "eu-west-1"}),
-    }
-
-
 def test_cli_discovers_the_instance_through_imdsv2(aws, imds, monkeypatch):
     w = World.build(
         aws,
         egress=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
     )
-    imds.paths = _imds_paths(w, aws)
+    imds.paths = w.imds_paths()
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url + "/")
     r = run_cli("--dest", PUBLIC, "--port", "587", "--json")
     assert r.returncode == 1, r.stderr
