@@ -22,6 +22,7 @@ lint: deps
 bench: deps
 	$(PY) -m bench.probe_vs_nmap
 	$(PY) -m bench.trace_vs_traceroute
+	$(PY) -m bench.diagnose_vs_separate
 
 deps: apt $(VENV)/.installed
 

@@ -9,6 +9,7 @@ only silent drops wait for timeouts.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -152,11 +153,16 @@ def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
     from cloud.provider import detect
 
     identity = None
+    dmi = detect()
     if opts.instance_id or opts.eni:
         identity = Identity(instance_id=opts.instance_id, eni_id=opts.eni, region=opts.region)
-    elif opts.provider in (None, "aws"):
+    elif opts.provider == "aws" or (
+        opts.provider is None
+        and (opts.cloud == "yes" or dmi == "aws" or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"))
+    ):
+        # IMDS is asked only where it can be: on AWS by its DMI, or where it was pointed to
         identity = imds_identity(1.0)
-    provider = opts.provider or ("aws" if identity else detect())
+    provider = opts.provider or ("aws" if identity else dmi)
     if provider is None:
         return None
     from cloud.evaluate import Context, Interface

@@ -218,14 +218,19 @@ class TraceRun:
         )
 
     def _second_chances(self, line: _Line, dry: bool = False) -> bool:
-        """Once a line is quiet, queue paced re-probes: of silent TTLs before an answered
-        one (quiet or rate-limited routers, to fill in their address), and of the first
-        silent TTL after the last answer (to be sure the silence is real). Returns
-        whether anything was (or, with ``dry``, would be) queued."""
+        """Once a line is quiet, queue paced re-probes where an answer matters: the TTL of
+        the hop that forged a RST, when its time-exceeded was rate-limited away (to name
+        it), and the first silent TTL after the last answer (to be sure the silence is
+        real). Other quiet hops stay ``*``: asking every router again costs a second each.
+        Returns whether anything was (or, with ``dry``, would be) queued."""
         if self._sendable(line) or line.live() or line.queued:
             return False
         last = line.last_answered
-        wanted = [t for t in range(1, last) if not line.replies(t)] if self._pacer.errors else []
+        wanted = []
+        forged = _terminal_reply(line)
+        if forged is not None and forged.kind is ReplyKind.RST and forged.hop < line.terminal_ttl:
+            if _address(line, forged.hop) is None:
+                wanted.append(forged.hop)
         if line.terminal_ttl is None and last < self.options.max_hops:
             wanted.append(last + 1)
         wanted = [t for t in wanted if t not in line.confirmed and t in line.probes]
