@@ -228,9 +228,13 @@ class TraceRun:
         last = line.last_answered
         wanted = []
         forged = _terminal_reply(line)
-        if forged is not None and forged.kind is ReplyKind.RST and forged.hop < line.terminal_ttl:
-            if _address(line, forged.hop) is None:
-                wanted.append(forged.hop)
+        if (
+            forged is not None
+            and forged.kind is ReplyKind.RST
+            and forged.hop < line.terminal_ttl
+            and _address(line, forged.hop) is None
+        ):
+            wanted.append(forged.hop)
         if line.terminal_ttl is None and last < self.options.max_hops:
             wanted.append(last + 1)
         wanted = [t for t in wanted if t not in line.confirmed and t in line.probes]
