@@ -223,7 +223,7 @@ def print_findings(findings, console: Console | None = None) -> None:
         if f.evidence:
             console.print("  evidence:")
             for e in f.evidence:
-                console.print(f"    - [dim]{e.source}[/] {e.fact}", highlight=False)
+                console.print(f"    - [dim]{e.ref}[/] {e.fact}", highlight=False)
         if f.remediation:
             console.print("  what to do:")
             for n, step in enumerate(f.remediation, 1):

@@ -243,15 +243,15 @@ class SynBatch:
         self._token_time = now
 
     def _wait(self, item: _Probe | _Check, now: float) -> float:
-        """How long this try listens: ``timeout``, but a probe's last try (and a paced one)
-        listens until ``min_wait`` after its first try, for late host-unreachables."""
+        """How long this try listens: ``timeout``, but a probe's last fast try listens until
+        ``min_wait`` after its first try, for late host-unreachables."""
         o = self.options
         if not isinstance(item, _Probe):
             return o.timeout
         if item.first_sent is None:
             item.first_sent = now
-        if item.paced:
-            return max(o.timeout, o.min_wait)
+        if item.paced:  # the fast tries already listened min_wait for late answers
+            return o.timeout
         if item.attempts > o.retries:
             return max(o.timeout, item.first_sent + o.min_wait - now)
         return o.timeout
