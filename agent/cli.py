@@ -30,6 +30,17 @@ class Method(StrEnum):
     connect = "connect"
 
 
+def _one_family(items: list, ipv4: bool, ipv6: bool, host: str, family_of) -> list:
+    """Keep one address family when exactly one of -4/-6 was given."""
+    if ipv4 == ipv6:
+        return items
+    want = 4 if ipv4 else 6
+    kept = [x for x in items if family_of(x) == want]
+    if not kept:
+        raise fail(f"{host!r} has no IPv{want} address")
+    return kept
+
+
 def fail(message: str, code: int = USAGE) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
     print(f"mailpath: error: {message}", file=sys.stderr)
@@ -177,10 +188,7 @@ def trace(
         raise fail(str(e)) from None
     if control not in ("icmp", "none") and not (control.isdigit() and 1 <= int(control) <= 65535):
         raise fail(f"invalid --control {control!r}: expected icmp, none or a port 1-65535")
-    if ipv4 != ipv6:
-        found = [t for t in found if t.family == (4 if ipv4 else 6)]
-        if not found:
-            raise fail(f"{host!r} has no IPv{4 if ipv4 else 6} address")
+    found = _one_family(found, ipv4, ipv6, host, lambda t: t.family)
     options = TraceOptions(
         max_hops=max_hops,
         probes=probes,
@@ -316,10 +324,7 @@ def smtp(
             addresses = resolve(host)
     except InputError as e:
         raise fail(str(e)) from None
-    if ipv4 != ipv6:
-        addresses = [a for a in addresses if (":" in a) == ipv6]
-        if not addresses:
-            raise fail(f"{host!r} has no IPv{6 if ipv6 else 4} address")
+    addresses = _one_family(addresses, ipv4, ipv6, host, lambda a: 6 if ":" in a else 4)
     opts = SmtpOptions(
         tls=tls,
         timeout=timeout,
@@ -437,16 +442,6 @@ def diagnose(
     raise typer.Exit(OK if all(f.cause == "none" for f in found) else PROBLEM)
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """This host's source-port range (the replies' destination ports)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-            return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 @app.command()
 def cloud(
     dest: Annotated[list[str], typer.Option("--dest", help="Destination address or name (repeatable).")],
@@ -469,6 +464,7 @@ def cloud(
     from agent.render import print_evaluations
     from agent.targets import InputError, parse_ports, resolve
     from cloud.evaluate import Context, Interface, evaluate, missing_permissions
+    from probes.local import ephemeral_ports
 
     if provider not in ("auto", "aws", "gcp", "azure"):
         raise fail(f"invalid --provider {provider!r}: expected auto, aws, gcp or azure")
@@ -479,7 +475,7 @@ def cloud(
             lo, _, hi = ephemeral.partition("-")
             eph = parse_ports([ephemeral]) and (int(lo), int(hi or lo))
         else:
-            eph = _ephemeral_range()
+            eph = ephemeral_ports()
     except InputError as e:
         raise fail(str(e)) from None
     identity, instance = None, {}

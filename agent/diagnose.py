@@ -17,6 +17,7 @@ from ipaddress import ip_address
 from agent import __version__
 from agent.correlate import Diagnosis, Observation, combine
 from agent.finding import AddressResult, Agent, Evidence, Finding, Location, SmtpSummary, TraceSummary
+from probes.local import ephemeral_ports
 from probes.result import Target
 
 
@@ -167,7 +168,7 @@ def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
         return None
     from cloud.evaluate import Context, Interface
 
-    eph = _ephemeral()
+    eph = ephemeral_ports()
     if provider == "aws" and identity is not None:
         from cloud.aws import Reader, read_context
 
@@ -186,13 +187,12 @@ def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
     return provider, {"provider": provider}, ctx, dict.fromkeys(addresses)
 
 
-def _ephemeral() -> tuple[int, int]:
+def _safe_cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
+    """The cloud check is one witness among several: its failure must not stop the diagnosis."""
     try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-            return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
+        return _cloud_reader(opts, addresses)
+    except Exception as e:
+        return None if opts.cloud == "auto" else ("unknown", {"error": f"cloud check failed: {e}"}, None, {})
 
 
 async def measure(
@@ -207,7 +207,7 @@ async def measure(
     if not targets:
         return {}, None
     addresses = sorted({t.address for t in targets})
-    cloud_task = asyncio.create_task(asyncio.to_thread(_cloud_reader, opts, addresses))
+    cloud_task = asyncio.create_task(asyncio.to_thread(_safe_cloud_reader, opts, addresses))
     options = Options(timeout=opts.timeout, retries=opts.retries, min_wait=opts.min_wait)
     results = await asyncio.to_thread(probe, targets, method=opts.method, options=options)
     obs = {

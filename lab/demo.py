@@ -54,8 +54,19 @@ def main() -> int:
         lab.reset_faults()
         mail = setup_mail(lab)
         lab.block("r2", 465, "drop")
-        argv = ["mailpath", "diagnose", "lab.test", "--ca-file", str(mail.ca_file), "--timeout", "0.5",
-                "--retries", "1", "--smtp-timeout", "2"]
+        argv = [
+            "mailpath",
+            "diagnose",
+            "lab.test",
+            "--ca-file",
+            str(mail.ca_file),
+            "--timeout",
+            "0.5",
+            "--retries",
+            "1",
+            "--smtp-timeout",
+            "2",
+        ]
         print("$ " + " ".join(argv), flush=True)
         code2 = subprocess.run(["ip", "netns", "exec", lab.ns("client"), MAILPATH, *argv[1:]]).returncode
         print(f"exit code {code2}; the lab is torn down now.")

@@ -38,3 +38,13 @@ def route(address: str) -> str | int:
         except OSError as e:
             return e.errno or errno.EHOSTUNREACH
         return s.getsockname()[0].split("%")[0]
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """This host's source-port range: the ports the replies to its connections come back to."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # the Linux default
