@@ -79,8 +79,7 @@ def test_a_path_silent_for_everything_is_not_blamed_on_the_port(faults):
 def test_trace_respects_its_bound(faults):
     lab = faults
     lab.route("r1", "blackhole", dest=f"{lab.server4}/32")
-    lab.sh("r1", "sysctl -q -w net.ipv4.icmp_ratemask=0")  # and the router says nothing at all...
-    lab.sh("r1", "iptables -A OUTPUT -p icmp -j DROP")
+    lab.sh("r1", "iptables -A OUTPUT -p icmp -j DROP")  # and the router says nothing at all
     start = time.monotonic()
     run = mailpath(
         lab, "trace", lab.server4, "--max-hops", "5", "--timeout", "0.5", "--min-wait", "1", "--json"
@@ -89,7 +88,6 @@ def test_trace_respects_its_bound(faults):
     t = run.json
     assert t["verdict"] == "filtered" and t["drop_after_hop"] == 0
     assert elapsed < 0.5 * (5 + 2) + 1 + 2 + 2  # time_limit plus process start-up
-    lab.sh("r1", "iptables -F OUTPUT")
 
 
 def test_trace_bad_input(lab):
