@@ -346,7 +346,7 @@ def smtp(
     results = asyncio.run(run_all())
     if json_out:
         docs = [r.to_dict() for r in results]
-        print(json.dumps(docs[0] if len(docs) == 1 else {"sessions": docs}, indent=2))
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))  # a list when several
     else:
         print_sessions(results)
     raise typer.Exit(PROBLEM if any(r.problems for r in results) else OK)
@@ -369,8 +369,9 @@ def diagnose(
     ipv4: Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")] = False,
     ipv6: Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")] = False,
     cloud_check: Annotated[
-        str, typer.Option("--cloud", help="auto (when on a cloud host), yes, no.")
-    ] = "auto",
+        bool | None,
+        typer.Option("--cloud/--no-cloud", help="Run the cloud check (default: when on a cloud host)."),
+    ] = None,
     instance_id: Annotated[str | None, typer.Option(help="EC2 instance (off EC2).")] = None,
     eni: Annotated[str | None, typer.Option(help="EC2 network interface (off EC2).")] = None,
     region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
@@ -402,8 +403,6 @@ def diagnose(
     from agent.render import print_findings
     from agent.targets import InputError, parse_nameserver, parse_ports, parse_target
 
-    if cloud_check not in ("auto", "yes", "no"):
-        raise fail(f"invalid --cloud {cloud_check!r}: expected auto, yes or no")
     if provider not in (None, "aws", "gcp", "azure"):
         raise fail(f"invalid --provider {provider!r}: expected aws, gcp or azure")
     password = _password(password_env, password_file)
@@ -425,7 +424,7 @@ def diagnose(
         follow_mx=mx,
         nameservers=servers,
         family=(4 if ipv4 else 6) if ipv4 != ipv6 else None,
-        cloud="yes" if instance_id or eni else cloud_check,
+        cloud="yes" if instance_id or eni or cloud_check else ("auto" if cloud_check is None else "no"),
         instance_id=instance_id,
         eni=eni,
         region=region,
@@ -523,7 +522,8 @@ def cloud(
                 "provider": provider,
                 "instance": instance,
                 **evaluate(ctx, address, p).to_dict(),
-                "missing_permissions": missing,
+                "missing_permissions": sorted({m["action"] for m in missing}),
+                "unchecked": missing,
             }
             results.append(doc)
     if json_out:

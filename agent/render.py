@@ -183,7 +183,7 @@ def print_evaluations(docs: list[dict], console: Console | None = None) -> None:
         for c in d["checked"]:
             table.add_row(c["component"], c["direction"], c["id"] or "-", c["result"], c["detail"])
         console.print(table)
-        for m in d["missing_permissions"]:
+        for m in d["unchecked"]:
             console.print(f"  [yellow]{m['message']}[/]")
         console.print()
 

@@ -335,7 +335,8 @@ def test_cli_several_ports_and_missing_permission(aws, denier):
     evs = json.loads(r.stdout)["evaluations"]
     assert [e["destination"]["port"] for e in evs] == [25, 587]
     assert evs[0]["verdict"] == "blocked" and evs[1]["verdict"] == "unknown"
-    assert evs[1]["missing_permissions"][0]["message"] == (
+    assert evs[1]["missing_permissions"] == ["ec2:DescribeSecurityGroups"]
+    assert evs[1]["unchecked"][0]["message"] == (
         "could not check security-group: needs ec2:DescribeSecurityGroups"
     )
 
