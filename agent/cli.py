@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -28,6 +29,20 @@ class Method(StrEnum):
     auto = "auto"
     raw = "raw"
     connect = "connect"
+
+
+@contextlib.contextmanager
+def _progress(what: str, total: int):
+    """A progress bar on stderr for long runs, when stderr is a terminal; else nothing."""
+    if total < 100 or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
 
 
 def _one_family(items: list, ipv4: bool, ipv6: bool, host: str, family_of) -> list:
@@ -129,7 +144,8 @@ def probe(
         timeout=timeout, retries=retries, rate=rate, icmp_interval=icmp_interval, min_wait=min_wait
     )
     try:
-        results = run_probe(found, method=method.value, options=options)
+        with _progress("probing", len(found)) as tick:
+            results = run_probe(found, method=method.value, options=options, progress=tick)
     except RawUnavailable:
         raise fail(
             "raw sockets need CAP_NET_RAW (run as root, or use --method connect)", CANNOT_RUN

@@ -132,7 +132,6 @@ class Reader:
                 "ec2", region_name=region, config=Config(retries={"mode": "standard", "max_attempts": 5})
             )
         self.client = client
-        self.calls: list[str] = []
         self.missing: list[str] = []
         self._cache: dict[str, object] = {}
 
@@ -148,7 +147,6 @@ class Reader:
             if isinstance(cached, Exception):
                 raise cached
             return cached
-        self.calls.append(op)
         method = "".join("_" + c.lower() if c.isupper() else c for c in op).lstrip("_")
         try:
             if self.client.can_paginate(method):

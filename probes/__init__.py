@@ -16,16 +16,17 @@ class RawUnavailable(Exception):
 
 
 def probe(
-    targets: list[Target], *, method: str = "auto", options: Options | None = None
+    targets: list[Target], *, method: str = "auto", options: Options | None = None, progress=None
 ) -> list[ProbeResult]:
     """Probe every target in one batch. ``method``: ``raw``, ``connect`` or ``auto``
-    (raw when CAP_NET_RAW is held, else connect())."""
+    (raw when CAP_NET_RAW is held, else connect()). ``progress(done, total)`` is called now
+    and then during a raw batch."""
     options = options or Options()
     if method in ("auto", "raw"):
         try:
             from probes.syn import probe_raw
 
-            return probe_raw(targets, options)
+            return probe_raw(targets, options, progress)
         except PermissionError as e:
             if method == "raw":
                 raise RawUnavailable(str(e)) from e
