@@ -202,7 +202,8 @@ class SynBatch:
                 return
         if reply.kind in (ReplyKind.UNREACH, ReplyKind.TIME_EXCEEDED):
             self._pacers[dg.family].error_from(reply.responder, now)
-        self._max_rtt = max(self._max_rtt, now - seq.sent_at)
+        # the pacing margin: a reply held back at a router (a failed ARP) is no round trip
+        self._max_rtt = max(self._max_rtt, min(now - seq.sent_at, self.options.timeout))
         owner = seq.owner
         if owner.done:
             return

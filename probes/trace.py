@@ -192,7 +192,8 @@ class TraceRun:
             return
         if r.kind in (ReplyKind.UNREACH, ReplyKind.TIME_EXCEEDED) and dg.family == self.target.family:
             self._pacer.error_from(r.responder, now)
-        self._max_rtt = max(self._max_rtt, now - probe.sent_at)
+        # the pacing margin: a reply held back at a router (a failed ARP) is no round trip
+        self._max_rtt = max(self._max_rtt, min(now - probe.sent_at, self.options.timeout))
         if probe.reply is None:
             probe.reply, probe.rtt, probe.live = r, now - probe.sent_at, False
 
