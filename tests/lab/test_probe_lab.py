@@ -241,3 +241,12 @@ def test_lab_is_removed_even_when_the_body_fails():
         raise RuntimeError("boom")
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert names and not any(n in listed for n in names)
+
+
+def test_a_router_as_the_destination(lab):
+    """r1 itself at hop 1: its own RST is genuine (a SYN with TTL 1 still reaches it)."""
+    for address in (lab.addr("r1", 4), lab.addr("r1", 6)):
+        target = f"[{address}]:2600" if ":" in address else f"{address}:2600"
+        run = mailpath(lab, "probe", target, "--timeout", "0.5", "--json")
+        (r,) = run.json["results"]
+        assert (r["verdict"], r["responder_hop"], r["destination_hop"]) == ("refused", 1, 1), r
