@@ -127,6 +127,16 @@ def probe(
             "only after ARP/ND fails (~3 s on Linux).",
         ),
     ] = 3.5,
+    pace_budget: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86400,
+            help="Most seconds for paced retries "
+            "behind ICMP rate limits (about one port a second); past it, the rest are "
+            "reported filtered and marked unconfirmed.",
+        ),
+    ] = 120.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Send one SYN per address and port and say what answered: open, refused, reset-in-path,
@@ -141,7 +151,12 @@ def probe(
     except InputError as e:
         raise fail(str(e)) from None
     options = Options(
-        timeout=timeout, retries=retries, rate=rate, icmp_interval=icmp_interval, min_wait=min_wait
+        timeout=timeout,
+        retries=retries,
+        rate=rate,
+        icmp_interval=icmp_interval,
+        min_wait=min_wait,
+        pace_budget=pace_budget,
     )
     try:
         with _progress("probing", len(found)) as tick:

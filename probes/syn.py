@@ -60,6 +60,7 @@ class _Probe:
     rtt: float | None = None
     local_errno: int | None = None
     paced: bool = False  # its last try was a paced one
+    unconfirmed: bool = False  # the pace budget ran out before its paced try
     first_sent: float | None = None
     listened: float = 0.0  # seconds from the first try to the end of the last
     done: bool = False
@@ -90,6 +91,10 @@ class Options:
     # Least time to listen, from a probe's first try, before calling it filtered: a router
     # answers host-unreachable only once ARP/ND for the next hop fails (~3 s on Linux).
     min_wait: float = 3.5
+    # Seconds the paced phase may take at most. A router earns one ICMP token a second, so
+    # N unanswered probes behind an error-sending router take about N seconds; past this
+    # budget the rest are reported filtered, marked as not confirmed. None: no limit.
+    pace_budget: float | None = 120.0
 
 
 def _family(item: _Probe | _Check) -> int:
@@ -125,6 +130,7 @@ class SynBatch:
         self._tokens = float(o.burst)
         self._token_time: float | None = None
         self._settling = False
+        self._settled_at: float | None = None
         self._max_rtt = 0.0
         self._dest_hop: dict[str, int] = {}
         self._beyond: dict[str, int] = {}  # address -> a hop its SYN was seen to pass
@@ -175,6 +181,16 @@ class SynBatch:
                 if not item.done:
                     sends.append(self._send(item, now))
                     self._tokens -= 1
+        if self._settled_at is None and self._settling:
+            self._settled_at = now
+        budget = self.options.pace_budget
+        if budget is not None and self._settled_at is not None and now - self._settled_at > budget:
+            for pacer in self._pacers.values():
+                while pacer.queue:
+                    item = pacer.queue.popleft()
+                    if isinstance(item, _Probe) and not item.done:
+                        item.unconfirmed = True
+                    item.done = True
         for pacer in self._pacers.values():
             if pacer.queue and now >= pacer.gate(self._max_rtt):
                 item = pacer.queue.popleft()
@@ -371,9 +387,14 @@ class SynBatch:
         if r is None:
             n = p.attempts
             why = f"no reply to {n} SYN{'s' if n > 1 else ''} in {p.listened:.1f} s"
+            routers = ", ".join(sorted(self._pacers[t.family].errors))
             if p.paced:
-                routers = ", ".join(sorted(self._pacers[t.family].errors))
                 why += f"; the last one paced so that ICMP rate limits ({routers}) could not hide a reject"
+            elif p.unconfirmed:
+                why += (
+                    f"; not confirmed: {routers} rate-limited ICMP and the paced retries ran out of "
+                    "time (--pace-budget), so a reject may be hidden"
+                )
             return ProbeResult(**base, verdict=Verdict.FILTERED, reason=why, destination_hop=dest_hop)
         hop = 0 if r.responder in self._locals and r.responder != t.address else r.hop
         common = dict(

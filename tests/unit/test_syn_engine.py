@@ -236,3 +236,16 @@ def test_host_unreachable_after_a_failed_neighbour_lookup_is_waited_for():
     run(batch, SimNet(path))
     (r,) = batch.results()
     assert r.verdict is Verdict.UNREACHABLE and r.responder_hop == 2
+
+
+def test_pace_budget_bounds_a_huge_unanswered_set_and_says_so():
+    """500 dropped ports and one reject behind the same router: pacing all would take ~500 s."""
+    r1 = Router("198.18.1.254", "2001:db8:1::fe", ports={p: DROP for p in range(2000, 2500)} | {113: icmp(3)})
+    path = Path([r1])
+    batch = _batch(4, path, [113, *range(2000, 2500)], retries=0, pace_budget=20.0)
+    elapsed = run(batch, SimNet(path))
+    results = batch.results()
+    assert results[0].verdict is Verdict.REJECTED
+    assert all(r.verdict is Verdict.FILTERED for r in results[1:])
+    unconfirmed = [r for r in results[1:] if "not confirmed" in r.reason]
+    assert unconfirmed and elapsed < 20 + 10
