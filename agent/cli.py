@@ -433,9 +433,12 @@ def diagnose(
     from agent.diagnose import diagnose as run_diagnose
     from agent.render import print_findings
     from agent.targets import InputError, parse_nameserver, parse_ports, parse_target
+    from probes import RawUnavailable
 
     if provider not in (None, "aws", "gcp", "azure"):
         raise fail(f"invalid --provider {provider!r}: expected aws, gcp or azure")
+    if ca_file and not os.path.isfile(ca_file):
+        raise fail(f"cannot read --ca-file {ca_file!r}")
     password = _password(password_env, password_file)
     if user and password is None:
         raise fail("--user needs --password-env or --password-file")
@@ -464,7 +467,12 @@ def diagnose(
         user=user,
         password=password,
     )
-    found = run_diagnose(host, opts)
+    try:
+        found = run_diagnose(host, opts)
+    except RawUnavailable:
+        raise fail(
+            "raw sockets need CAP_NET_RAW (run as root, or use --method connect)", CANNOT_RUN
+        ) from None
     if json_out:
         print(json.dumps({"findings": [f.to_json_dict() for f in found]}, indent=2))
     else:
