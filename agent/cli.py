@@ -23,6 +23,7 @@ app = typer.Typer(
 
 # Exit codes (DESIGN.md): 0 nothing wrong, 1 a problem found, 2 bad usage, 3 could not run.
 OK, PROBLEM, USAGE, CANNOT_RUN = 0, 1, 2, 3
+NO_RAW = "raw sockets need CAP_NET_RAW (run as root, or use --method connect)"
 
 
 class Method(StrEnum):
@@ -162,9 +163,7 @@ def probe(
         with _progress("probing", len(found)) as tick:
             results = run_probe(found, method=method.value, options=options, progress=tick)
     except RawUnavailable:
-        raise fail(
-            "raw sockets need CAP_NET_RAW (run as root, or use --method connect)", CANNOT_RUN
-        ) from None
+        raise fail(NO_RAW, CANNOT_RUN) from None
     if json_out:
         print(json.dumps({"results": [r.to_dict() for r in results]}, indent=2))
     else:
@@ -470,9 +469,7 @@ def diagnose(
     try:
         found = run_diagnose(host, opts)
     except RawUnavailable:
-        raise fail(
-            "raw sockets need CAP_NET_RAW (run as root, or use --method connect)", CANNOT_RUN
-        ) from None
+        raise fail(NO_RAW, CANNOT_RUN) from None
     if json_out:
         print(json.dumps({"findings": [f.to_json_dict() for f in found]}, indent=2))
     else:

@@ -20,6 +20,12 @@ from lab.mail import setup_mail
 MAILPATH = str(Path(sys.executable).with_name("mailpath"))
 
 
+def _show(lab: Lab, argv: list[str]) -> int:
+    """Print the command as typed, run it in the client namespace, return its exit code."""
+    print("$ " + " ".join(argv), flush=True)
+    return subprocess.run(["ip", "netns", "exec", lab.ns("client"), MAILPATH, *argv[1:]]).returncode
+
+
 def main() -> int:
     with Lab() as lab:
         lab.add_host("mail.lab.test", lab.server4, lab.server6)
@@ -45,8 +51,7 @@ def main() -> int:
             "--retries",
             "1",
         ]
-        print("$ " + " ".join(argv), flush=True)
-        code = subprocess.run(["ip", "netns", "exec", lab.ns("client"), MAILPATH, *argv[1:]]).returncode
+        code = _show(lab, argv)
         print(f"\nexit code {code} (1: a problem was found)\n", flush=True)
 
         listener.terminate()  # part 2 brings real SMTP servers
@@ -67,8 +72,7 @@ def main() -> int:
             "--smtp-timeout",
             "2",
         ]
-        print("$ " + " ".join(argv), flush=True)
-        code2 = subprocess.run(["ip", "netns", "exec", lab.ns("client"), MAILPATH, *argv[1:]]).returncode
+        code2 = _show(lab, argv)
         print(f"exit code {code2}; the lab is torn down now.")
     return 0 if code == code2 == 1 else 1
 
