@@ -156,7 +156,7 @@ class SynBatch:
     @property
     def done(self) -> bool:
         busy = self._pending or self._retry or self._free_checks or self._inflight
-        busy = busy or any(p.queue for p in self._pacers.values())
+        busy = busy or any(not i.done for p in self._pacers.values() for i in p.queue)
         return self._settling and not busy
 
     @property
@@ -364,6 +364,16 @@ class SynBatch:
             self._beyond[check.address] = max(self._beyond.get(check.address, 0), check.ttl)
         elif reply.kind is ReplyKind.SYN_ACK:
             self._learn(check.address, reply)
+        # Once the echo gave the destination's hop, or every TTL-limited SYN was answered, the
+        # other questions about this address are moot: do not wait for their timeouts.
+        mine = [c for c in self._checks if c.address == check.address]
+        if check.address in self._dest_hop or all(c.done for c in mine if c.flow is not None):
+            for c in mine:
+                if not c.done:
+                    c.done = True
+                    if c.live:
+                        c.live = False
+                        self._inflight -= 1
 
     def _confirmed(self, address: str, hop: int) -> bool:
         """A SYN with TTL ``hop`` drew a RST again: the RST's origin is the destination."""
@@ -404,12 +414,13 @@ class SynBatch:
             rtt_ms=round(p.rtt * 1000, 3) if p.rtt is not None else None,
         )
         if r.kind is ReplyKind.SYN_ACK:
-            return ProbeResult(
-                **common,
-                verdict=Verdict.OPEN,
-                destination_hop=dest_hop,
-                reason=f"SYN-ACK from {r.responder} (hop {hop})",
-            )
+            why = f"SYN-ACK from {r.responder} (hop {hop})"
+            if dest_hop is not None and hop < dest_hop:
+                why = (
+                    f"SYN-ACK carrying {r.responder} came from hop {hop}, but {r.responder} is at hop "
+                    f"{dest_hop}: a device in the path answered for it (an intercepting or SYN proxy)"
+                )
+            return ProbeResult(**common, verdict=Verdict.OPEN, destination_hop=dest_hop, reason=why)
         if r.kind is ReplyKind.RST:
             return self._rst_result(common, r, dest_hop)
         family = 6 if ":" in r.responder else 4

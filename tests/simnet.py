@@ -25,7 +25,7 @@ from probes import wire
 from probes.classify import Verdict, unreach_verdict
 
 # Actions a router (on a port) or the destination (on a port) may take.
-PASS, DROP, FORGE_RST = "pass", "drop", "rst"
+PASS, DROP, FORGE_RST, FORGE_SYNACK = "pass", "drop", "rst", "synack"
 OPEN, CLOSED = "open", "closed"
 
 
@@ -145,8 +145,8 @@ class SimNet:
             action = r.ports.get(_dport(send.payload), PASS)
             if action == DROP:
                 return
-            if action == FORGE_RST:
-                self._reply(here, k, _tcp_reply(fam, send, "RA", src=dest))
+            if action in (FORGE_RST, FORGE_SYNACK):
+                self._reply(here, k, _tcp_reply(fam, send, "RA" if action == FORGE_RST else "SA", src=dest))
                 return
             if isinstance(action, tuple):
                 late = action[2] if len(action) > 2 else 0.0  # e.g. ARP failing before host-unreachable

@@ -16,7 +16,7 @@ from probes import wire
 from probes.classify import Verdict
 from probes.result import Target
 from probes.syn import Options, SynBatch
-from tests.simnet import CLOSED, DROP, FORGE_RST, OPEN, Path, Router, SimNet, icmp, run
+from tests.simnet import CLOSED, DROP, FORGE_RST, FORGE_SYNACK, OPEN, Path, Router, SimNet, icmp, run
 
 CLIENT = {4: "198.18.1.1", 6: "2001:db8:1::1"}
 ROUTER_CODES = {4: [0, 1, 2, 3, 9, 10, 13], 6: [0, 1, 3, 4, 5, 6]}
@@ -249,3 +249,29 @@ def test_pace_budget_bounds_a_huge_unanswered_set_and_says_so():
     assert all(r.verdict is Verdict.FILTERED for r in results[1:])
     unconfirmed = [r for r in results[1:] if "not confirmed" in r.reason]
     assert unconfirmed and elapsed < 20 + 10
+
+
+def test_a_syn_ack_from_a_nearer_hop_is_called_an_interception():
+    r1, r2 = _routers(2, [6, 6], [1, 1])
+    r1.ports[25] = FORGE_SYNACK  # a transparent SMTP proxy on the first router
+    path = Path([r1, r2], ports={587: OPEN})
+    batch = _batch(4, path, [25, 587])
+    run(batch, SimNet(path))
+    intercepted, genuine = batch.results()
+    assert intercepted.verdict is genuine.verdict is Verdict.OPEN
+    assert intercepted.responder_hop == 1 and intercepted.destination_hop == 3
+    assert "a device in the path answered" in intercepted.reason and "device" not in genuine.reason
+
+
+def test_echo_answer_ends_the_wait_for_the_ttl_limited_syn():
+    """The forging router never sends time-exceeded, so the SYN with TTL 2 gets no answer;
+    the echo already placed the destination at hop 3, so nobody waits for that SYN."""
+    r1, r2 = _routers(2, [6, 6], [1, 1])
+    r2.silent = True
+    r2.ports[25] = FORGE_RST
+    path = Path([r1, r2])
+    batch = _batch(4, path, [25])
+    elapsed = run(batch, SimNet(path))
+    (r,) = batch.results()
+    assert r.verdict is Verdict.RESET_IN_PATH and r.destination_hop == 3
+    assert elapsed < 0.1
