@@ -250,3 +250,19 @@ def test_a_router_as_the_destination(lab):
         run = mailpath(lab, "probe", target, "--timeout", "0.5", "--json")
         (r,) = run.json["results"]
         assert (r["verdict"], r["responder_hop"], r["destination_hop"]) == ("refused", 1, 1), r
+
+
+def test_a_transparent_proxy_on_the_path_is_named(faults):
+    """r1 redirects 2526 to a listener of its own (what an intercepting SMTP proxy does):
+    the SYN-ACK carries the server's address but comes from hop 1."""
+    lab = faults
+    lab.listen([2526], node="r1")
+    lab.sh("r1", "iptables -t nat -A PREROUTING -p tcp --dport 2526 -j REDIRECT --to-ports 2526")
+    try:
+        run = mailpath(lab, "probe", lab.server4, "-p", "25,2526", "--json")
+    finally:
+        lab.sh("r1", "iptables -t nat -F")
+    genuine, proxied = run.json["results"]
+    assert genuine["verdict"] == proxied["verdict"] == "open"
+    assert proxied["responder"] == lab.server4 and proxied["responder_hop"] == 1
+    assert proxied["destination_hop"] == 3 and "a device in the path answered" in proxied["reason"]
