@@ -47,9 +47,50 @@ def probe_table(results: list[ProbeResult]) -> Table:
     return table
 
 
+def port_ranges(ports: list[int]) -> str:
+    """[25, 26, 27, 587] -> "25-27,587"."""
+    out, ports = [], sorted(ports)
+    start = prev = ports[0]
+    for p in [*ports[1:], None]:
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if p is not None:
+            start = prev = p
+    return ",".join(out)
+
+
+def summary_table(results: list[ProbeResult]) -> Table:
+    """Many results: one row per address, verdict and reason, with the ports as ranges."""
+    groups: dict[tuple, list[int]] = {}
+    for r in results:
+        key = (r.host, r.address, str(r.verdict), r.responder, r.responder_hop, r.reason.split(";")[0])
+        groups.setdefault(key, []).append(r.port)
+    table = Table(header_style="bold")
+    for col in ("target", "ports", "count", "verdict", "answered by", "why"):
+        table.add_column(col, overflow="fold", justify="right" if col == "count" else "left")
+    for (host, address, verdict, responder, hop, why), ports in groups.items():
+        target = address if host == address else f"{host}\n{address}"
+        by = "-" if responder is None else f"{responder} (hop {_hop(hop)})"
+        table.add_row(
+            target,
+            port_ranges(ports),
+            str(len(ports)),
+            f"[{VERDICT_STYLE[Verdict(verdict)]}]{verdict}[/]",
+            by,
+            why,
+        )
+    return table
+
+
 def print_probe(results: list[ProbeResult], console: Console | None = None) -> None:
     console = console or Console()
-    console.print(probe_table(results))
+    if len(results) > 40:
+        console.print(summary_table(results))
+        console.print("[dim](grouped by verdict; --json lists every port)[/]")
+    else:
+        console.print(probe_table(results))
     notes = sorted({n for r in results for n in r.limitations})
     if notes:
         console.print("[dim]connect() mode (no raw sockets):[/]")
