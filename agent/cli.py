@@ -498,7 +498,7 @@ def cloud(
     host to DEST: an evaluation of the cloud's configuration, read with read-only calls."""
     from agent.render import print_evaluations
     from agent.targets import InputError, parse_ports, resolve
-    from cloud.evaluate import Context, Interface, evaluate, missing_permissions
+    from cloud.evaluate import evaluate, missing_permissions, policy_only
     from probes.local import ephemeral_ports
 
     if provider not in ("auto", "aws", "gcp", "azure"):
@@ -507,43 +507,33 @@ def cloud(
         ports = parse_ports(port or []) or [25]
         addresses = [a for d in dest for a in resolve(d)]
         if ephemeral:
-            lo, _, hi = ephemeral.partition("-")
-            eph = parse_ports([ephemeral]) and (int(lo), int(hi or lo))
+            span = parse_ports([ephemeral])
+            eph = (span[0], span[-1])
         else:
             eph = ephemeral_ports()
     except InputError as e:
         raise fail(str(e)) from None
-    identity, instance = None, {}
-    if provider in ("auto", "aws") and not (instance_id or eni):
-        from cloud.aws import imds_identity
+    from cloud.aws import find_identity
 
-        identity = imds_identity(imds_timeout)
-    if instance_id or eni:
-        from cloud.aws import Identity
-
-        identity = Identity(instance_id=instance_id, eni_id=eni, region=region)
+    identity = find_identity(
+        instance_id, eni, region, ask_imds=provider in ("auto", "aws"), imds_timeout=imds_timeout
+    )
     if provider == "auto":
         from cloud.provider import detect
 
         provider = "aws" if identity else (detect() or "")
     missing: list[dict] = []
+    instance: dict = {}
     if provider == "aws":
         if identity is None:
             raise fail(
                 "no EC2 instance metadata here: give --instance-id or --eni (and --region)", CANNOT_RUN
             )
-        identity.region = region or identity.region
         ctx, dests, reader = _read_aws(identity, addresses, eph)
         missing = missing_permissions(ctx, reader.missing)
         instance = identity.to_dict()
     elif provider in ("gcp", "azure"):
-        ctx = Context(
-            provider=provider,
-            source=Interface(None, None, None),
-            ephemeral=eph,
-            unchecked={"firewall": f"{provider} firewall rules are not read by mailpath"},
-        )
-        dests = dict.fromkeys(addresses)
+        ctx, dests = policy_only(provider, eph), dict.fromkeys(addresses)
     else:
         raise fail(
             "not on a recognised cloud host (no IMDS, no cloud DMI vendor): give --instance-id/--eni "

@@ -147,44 +147,33 @@ async def _fill_from_system(plans: list[Plan], opts: DiagnoseOptions) -> list[Pl
 
 
 def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
-    """(provider, identity dict, {address: context-with-destination}) or None when off cloud."""
+    """(provider, identity dict, context, {address: destination interface}) or None off cloud."""
     if opts.cloud == "no":
         return None
-    from cloud.aws import Identity, imds_identity
+    from cloud.aws import find_identity
+    from cloud.evaluate import policy_only
     from cloud.provider import detect
 
-    identity = None
     dmi = detect()
-    if opts.instance_id or opts.eni:
-        identity = Identity(instance_id=opts.instance_id, eni_id=opts.eni, region=opts.region)
-    elif opts.provider == "aws" or (
+    # IMDS is asked only where it can answer: on AWS by its DMI, or where it was pointed to
+    ask = opts.provider == "aws" or (
         opts.provider is None
-        and (opts.cloud == "yes" or dmi == "aws" or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"))
-    ):
-        # IMDS is asked only where it can be: on AWS by its DMI, or where it was pointed to
-        identity = imds_identity(1.0)
+        and (opts.cloud == "yes" or dmi == "aws" or bool(os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")))
+    )
+    identity = find_identity(opts.instance_id, opts.eni, opts.region, ask_imds=ask)
     provider = opts.provider or ("aws" if identity else dmi)
     if provider is None:
         return None
-    from cloud.evaluate import Context, Interface
-
     eph = ephemeral_ports()
     if provider == "aws" and identity is not None:
         from cloud.aws import Reader, read_context
 
-        identity.region = opts.region or identity.region
         try:
             ctx, dests, _ = read_context(identity, addresses, eph, Reader(identity.region))
         except Exception as e:  # credentials, region, endpoint: the rest of the diagnosis goes on
             return provider, {"error": f"could not read AWS: {e}", **identity.to_dict()}, None, {}
         return provider, identity.to_dict(), ctx, dests
-    ctx = Context(
-        provider=provider,
-        source=Interface(None, None, None),
-        ephemeral=eph,
-        unchecked={"firewall": f"{provider} firewall rules are not read"},
-    )
-    return provider, {"provider": provider}, ctx, dict.fromkeys(addresses)
+    return provider, {"provider": provider}, policy_only(provider, eph), dict.fromkeys(addresses)
 
 
 def _safe_cloud_reader(opts: DiagnoseOptions, addresses: list[str]):

@@ -20,7 +20,6 @@ Cause = Literal[
     "dns", "network", "firewall", "service", "tls", "auth", "cloud-config", "cloud-policy", "none"
 ]
 Severity = Literal["info", "warning", "error"]
-CAUSES: tuple[str, ...] = Cause.__args__
 
 
 class _Model(BaseModel):

@@ -120,6 +120,18 @@ def imds_identity(timeout: float = 1.0) -> Identity | None:
     )
 
 
+def find_identity(
+    instance_id: str | None, eni: str | None, region: str | None, *, ask_imds: bool, imds_timeout: float = 1.0
+) -> Identity | None:
+    """Who to evaluate: the instance or interface named, else (when asked) IMDS's answer."""
+    if instance_id or eni:
+        return Identity(instance_id=instance_id, eni_id=eni, region=region)
+    who = imds_identity(imds_timeout) if ask_imds else None
+    if who is not None:
+        who.region = region or who.region
+    return who
+
+
 class Reader:
     """EC2 Describe calls, each made once, with missing permissions turned into records."""
 

@@ -94,6 +94,16 @@ class Context:
     unchecked: dict[str, str] = field(default_factory=dict)  # component -> missing permission
 
 
+def policy_only(provider: str, ephemeral: tuple[int, int]) -> Context:
+    """A context for a cloud whose configuration is not read: only its provider policy."""
+    return Context(
+        provider=provider,
+        source=Interface(None, None, None),
+        ephemeral=ephemeral,
+        unchecked={"firewall": f"{provider} firewall rules are not read by mailpath"},
+    )
+
+
 # -- the pieces ----------------------------------------------------------------------------
 
 

@@ -23,7 +23,17 @@ import random
 from dataclasses import asdict, dataclass, field
 
 from probes import wire
-from probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, is_prohibited, unreach_verdict
+from probes.classify import (
+    Flow,
+    Reply,
+    ReplyKind,
+    Verdict,
+    icmp_name,
+    is_prohibited,
+    read_reply,
+    unreach_verdict,
+)
+from probes.local import LOCAL, local_verdict, route
 from probes.pacing import Pacer, pacers
 from probes.result import Target
 from probes.syn import Send
@@ -175,8 +185,6 @@ class TraceRun:
         return sends
 
     def feed(self, dg: wire.Datagram, now: float) -> None:
-        from probes.classify import read_reply
-
         r = read_reply(dg)
         if r is None:
             return
@@ -458,7 +466,6 @@ def trace_raw(
 ) -> list[TraceResult]:
     """Trace every target concurrently over raw sockets. Raises PermissionError without
     CAP_NET_RAW; an address with no local route comes back as an ``unreachable`` result."""
-    from probes.local import route
     from probes.machine import Together
     from probes.rawsock import RawNet, drive
 
@@ -477,8 +484,6 @@ def trace_raw(
 
 
 def _local_result(t: Target, err: int) -> TraceResult:
-    from probes.local import LOCAL, local_verdict
-
     verdict, why = local_verdict(err)
     return TraceResult(
         host=t.host,
