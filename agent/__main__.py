@@ -1,3 +1,3 @@
-from agent.cli import main
+from mailpath.agent.cli import main
 
 main()

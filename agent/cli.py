@@ -10,8 +10,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
-
-from agent import __version__
+from mailpath.agent import __version__
 
 app = typer.Typer(
     name="mailpath",
@@ -142,10 +141,10 @@ def probe(
 ) -> None:
     """Send one SYN per address and port and say what answered: open, refused, reset-in-path,
     rejected, unreachable or filtered."""
-    from agent.render import print_probe
-    from agent.targets import InputError, expand, parse_ports
-    from probes import Options, RawUnavailable
-    from probes import probe as run_probe
+    from mailpath.agent.render import print_probe
+    from mailpath.agent.targets import InputError, expand, parse_ports
+    from mailpath.probes import Options, RawUnavailable
+    from mailpath.probes import probe as run_probe
 
     try:
         found = expand(targets, parse_ports(port or []))
@@ -207,9 +206,9 @@ def trace(
 
     A control trace (ICMP echo, or another TCP port) runs alongside, to tell a drop of this
     port from a path that goes silent anyway."""
-    from agent.render import print_traces
-    from agent.targets import InputError, expand, parse_target
-    from probes.trace import TraceOptions, trace_raw
+    from mailpath.agent.render import print_traces
+    from mailpath.agent.targets import InputError, expand, parse_target
+    from mailpath.probes.trace import TraceOptions, trace_raw
 
     try:
         host, given_port = parse_target(target)
@@ -259,9 +258,9 @@ def dns(
 ) -> None:
     """Where mail for DOMAIN goes: MX records by preference and their A/AAAA addresses
     (the domain's own addresses when it has no MX; nothing for a null MX)."""
-    from agent.render import print_route
-    from agent.targets import InputError, parse_domain, parse_nameserver
-    from probes.dns import lookup_route
+    from mailpath.agent.render import print_route
+    from mailpath.agent.targets import InputError, parse_domain, parse_nameserver
+    from mailpath.probes.dns import lookup_route
 
     try:
         name = parse_domain(domain)
@@ -329,11 +328,11 @@ def smtp(
     certificate, AUTH (only with --user), QUIT. Never sends mail."""
     import asyncio
 
-    from agent.render import print_sessions
-    from agent.targets import InputError, parse_nameserver, parse_ports, parse_target, resolve
-    from probes.dns import resolve_host
-    from probes.local import route
-    from probes.smtp import SmtpOptions, check_address
+    from mailpath.agent.render import print_sessions
+    from mailpath.agent.targets import InputError, parse_nameserver, parse_ports, parse_target, resolve
+    from mailpath.probes.dns import resolve_host
+    from mailpath.probes.local import route
+    from mailpath.probes.smtp import SmtpOptions, check_address
 
     if tls not in ("auto", "starttls", "implicit", "none"):
         raise fail(f"invalid --tls {tls!r}: expected auto, starttls, implicit or none")
@@ -428,11 +427,11 @@ def diagnose(
     """Why mail does not go out, and where: resolves TARGET, probes every address and port,
     traces what is not open, checks SMTP/TLS/AUTH on what is, reads the cloud configuration
     when on a cloud host, and gives one finding per target and port."""
-    from agent.diagnose import DiagnoseOptions
-    from agent.diagnose import diagnose as run_diagnose
-    from agent.render import print_findings
-    from agent.targets import InputError, parse_nameserver, parse_ports, parse_target
-    from probes import RawUnavailable
+    from mailpath.agent.diagnose import DiagnoseOptions
+    from mailpath.agent.diagnose import diagnose as run_diagnose
+    from mailpath.agent.render import print_findings
+    from mailpath.agent.targets import InputError, parse_nameserver, parse_ports, parse_target
+    from mailpath.probes import RawUnavailable
 
     if provider not in (None, "aws", "gcp", "azure"):
         raise fail(f"invalid --provider {provider!r}: expected aws, gcp or azure")
@@ -496,10 +495,10 @@ def cloud(
 ) -> None:
     """Which security group, network ACL, route or provider policy blocks mail from this
     host to DEST: an evaluation of the cloud's configuration, read with read-only calls."""
-    from agent.render import print_evaluations
-    from agent.targets import InputError, parse_ports, resolve
-    from cloud.evaluate import evaluate, missing_permissions, policy_only
-    from probes.local import ephemeral_ports
+    from mailpath.agent.render import print_evaluations
+    from mailpath.agent.targets import InputError, parse_ports, resolve
+    from mailpath.cloud.evaluate import evaluate, missing_permissions, policy_only
+    from mailpath.probes.local import ephemeral_ports
 
     if provider not in ("auto", "aws", "gcp", "azure"):
         raise fail(f"invalid --provider {provider!r}: expected auto, aws, gcp or azure")
@@ -513,13 +512,13 @@ def cloud(
             eph = ephemeral_ports()
     except InputError as e:
         raise fail(str(e)) from None
-    from cloud.aws import find_identity
+    from mailpath.cloud.aws import find_identity
 
     identity = find_identity(
         instance_id, eni, region, ask_imds=provider in ("auto", "aws"), imds_timeout=imds_timeout
     )
     if provider == "auto":
-        from cloud.provider import detect
+        from mailpath.cloud.provider import detect
 
         provider = "aws" if identity else (detect() or "")
     missing: list[dict] = []
@@ -562,8 +561,7 @@ def cloud(
 def _read_aws(identity, addresses: list[str], eph: tuple[int, int]):
     """Read the EC2 configuration; credential, region and endpoint errors end the run (exit 3)."""
     from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
-
-    from cloud.aws import Reader, read_context
+    from mailpath.cloud.aws import Reader, read_context
 
     try:
         return read_context(identity, addresses, eph, Reader(identity.region))

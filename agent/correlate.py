@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.finding import Candidate, Evidence, Location
-from probes.result import ProbeResult
+from mailpath.agent.finding import Candidate, Evidence, Location
+from mailpath.probes.result import ProbeResult
 
 SERVICE_CODES = ("no-greeting", "service-refused", "timeout", "connect-failed")
 TLS_CODES = (

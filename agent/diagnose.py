@@ -14,11 +14,19 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from agent import __version__
-from agent.correlate import Diagnosis, Observation, combine
-from agent.finding import AddressResult, Agent, Evidence, Finding, Location, SmtpSummary, TraceSummary
-from probes.local import ephemeral_ports
-from probes.result import Target
+from mailpath.agent import __version__
+from mailpath.agent.correlate import Diagnosis, Observation, combine
+from mailpath.agent.finding import (
+    AddressResult,
+    Agent,
+    Evidence,
+    Finding,
+    Location,
+    SmtpSummary,
+    TraceSummary,
+)
+from mailpath.probes.local import ephemeral_ports
+from mailpath.probes.result import Target
 
 
 @dataclass
@@ -67,7 +75,7 @@ async def plan(target: str, opts: DiagnoseOptions) -> list[Plan]:
         pass
     name = target.rstrip(".").lower()
     if opts.follow_mx:
-        from probes.dns import lookup_route_async
+        from mailpath.probes.dns import lookup_route_async
 
         try:
             route = await lookup_route_async(name, opts.nameservers, opts.dns_timeout)
@@ -110,14 +118,14 @@ def _plans_from_route(domain: str, route) -> list[Plan] | None:
 
 async def _fill_from_system(plans: list[Plan], opts: DiagnoseOptions) -> list[Plan]:
     """Addresses of hosts that still have none, through the system resolver (/etc/hosts too)."""
-    from agent.targets import InputError, resolve
+    from mailpath.agent.targets import InputError, resolve
 
     for p in plans:
         if p.addresses or p.dns_cause:
             continue
         try:
             if opts.nameservers:
-                from probes.dns import resolve_host
+                from mailpath.probes.dns import resolve_host
 
                 p.addresses, why = await resolve_host(p.host, opts.nameservers, opts.dns_timeout)
                 if not p.addresses:
@@ -150,9 +158,9 @@ def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
     """(provider, identity dict, context, {address: destination interface}) or None off cloud."""
     if opts.cloud == "no":
         return None
-    from cloud.aws import find_identity
-    from cloud.evaluate import policy_only
-    from cloud.provider import detect
+    from mailpath.cloud.aws import find_identity
+    from mailpath.cloud.evaluate import policy_only
+    from mailpath.cloud.provider import detect
 
     dmi = detect()
     # IMDS is asked only where it can answer: on AWS by its DMI, or where it was pointed to
@@ -166,7 +174,7 @@ def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
         return None
     eph = ephemeral_ports()
     if provider == "aws" and identity is not None:
-        from cloud.aws import Reader, read_context
+        from mailpath.cloud.aws import Reader, read_context
 
         try:
             ctx, dests, _ = read_context(identity, addresses, eph, Reader(identity.region))
@@ -188,9 +196,9 @@ async def measure(
     plans: list[Plan], opts: DiagnoseOptions
 ) -> tuple[dict[tuple[str, str, int], Observation], dict | None]:
     """Observations per (host, address, port), and the cloud identity when there is one."""
-    from probes import Options, probe
-    from probes.smtp import SmtpOptions, check_address
-    from probes.trace import TraceOptions, trace_raw
+    from mailpath.probes import Options, probe
+    from mailpath.probes.smtp import SmtpOptions, check_address
+    from mailpath.probes.trace import TraceOptions, trace_raw
 
     targets = [Target(p.host, a, port) for p in plans for a in p.addresses for port in opts.ports]
     if not targets:
@@ -219,7 +227,7 @@ async def measure(
         topts = TraceOptions(max_hops=opts.max_hops, timeout=opts.timeout, min_wait=opts.min_wait)
         return await asyncio.to_thread(trace_raw, to_trace, topts)
 
-    from probes.local import route
+    from mailpath.probes.local import route
 
     sessions = [
         check_address(
@@ -233,7 +241,7 @@ async def measure(
     for t, s in zip(open_, checked, strict=True):
         obs[(t.host, t.address, t.port)].smtp = s
     if cloud and cloud[2] is not None:
-        from cloud.evaluate import evaluate
+        from mailpath.cloud.evaluate import evaluate
 
         _, _, ctx, dests = cloud
         for (_, address, port), o in obs.items():

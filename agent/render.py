@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from mailpath.probes.classify import Verdict
+from mailpath.probes.dns import MailRoute
+from mailpath.probes.result import ProbeResult
+from mailpath.probes.smtp import SmtpResult
+from mailpath.probes.trace import TraceResult
 from rich.console import Console
 from rich.table import Table
-
-from probes.classify import Verdict
-from probes.dns import MailRoute
-from probes.result import ProbeResult
-from probes.smtp import SmtpResult
-from probes.trace import TraceResult
 
 VERDICT_STYLE = {
     Verdict.OPEN: "green",

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from probes.result import Target
+from mailpath.probes.result import Target
 
 DEFAULT_PORTS = (25, 465, 587)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from cloud.evaluate import Context, Interface
+from mailpath.cloud.evaluate import Context, Interface
 
 # API operation -> the IAM action it needs (all read-only; Describe* need Resource "*")
 ACTIONS = {

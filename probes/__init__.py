@@ -6,9 +6,9 @@ The public surface is small: build :class:`Target` objects, call :func:`probe`, 
 
 from __future__ import annotations
 
-from probes.classify import Verdict
-from probes.result import ProbeResult, Target
-from probes.syn import Options
+from mailpath.probes.classify import Verdict
+from mailpath.probes.result import ProbeResult, Target
+from mailpath.probes.syn import Options
 
 
 class RawUnavailable(Exception):
@@ -24,13 +24,13 @@ def probe(
     options = options or Options()
     if method in ("auto", "raw"):
         try:
-            from probes.syn import probe_raw
+            from mailpath.probes.syn import probe_raw
 
             return probe_raw(targets, options, progress)
         except PermissionError as e:
             if method == "raw":
                 raise RawUnavailable(str(e)) from e
-    from probes.connect import probe_connect
+    from mailpath.probes.connect import probe_connect
 
     return probe_connect(targets, timeout=options.timeout, retries=options.retries)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from probes import wire
+from mailpath.probes import wire
 
 
 class Verdict(StrEnum):

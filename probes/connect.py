@@ -18,10 +18,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from probes import wire
-from probes.classify import Verdict, icmp_name, unreach_verdict
-from probes.local import LOCAL, local_verdict, route
-from probes.result import ProbeResult, Target
+from mailpath.probes import wire
+from mailpath.probes.classify import Verdict, icmp_name, unreach_verdict
+from mailpath.probes.local import LOCAL, local_verdict, route
+from mailpath.probes.result import ProbeResult, Target
 
 _IP_RECVERR, _IPV6_RECVERR = 11, 25  # Linux <linux/in.h>, <linux/in6.h>
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err

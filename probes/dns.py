@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from probes.problem import Problem
+from mailpath.probes.problem import Problem
 
 
 class Failure(StrEnum):

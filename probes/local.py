@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from probes.classify import Verdict
+from mailpath.probes.classify import Verdict
 
 LOCAL = "local"  # responder of a verdict reached without leaving this host
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from probes import wire
+from mailpath.probes import wire
 
 
 class Machine(Protocol):

@@ -16,8 +16,8 @@ import struct
 import time
 from collections.abc import Callable
 
-from probes import wire
-from probes.machine import Machine
+from mailpath.probes import wire
+from mailpath.probes.machine import Machine
 
 _HOPLIMIT = struct.Struct("i")
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from probes.classify import Verdict
+from mailpath.probes.classify import Verdict
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from probes.problem import Problem
-from probes.smtpwire import (
+from mailpath.probes.problem import Problem
+from mailpath.probes.smtpwire import (
     ProtocolError,
     ReplyReader,
     SMTPReply,

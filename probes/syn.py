@@ -29,11 +29,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from probes import wire
-from probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, read_reply, unreach_verdict
-from probes.local import LOCAL, local_verdict
-from probes.pacing import pacers
-from probes.result import ProbeResult, Target
+from mailpath.probes import wire
+from mailpath.probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, read_reply, unreach_verdict
+from mailpath.probes.local import LOCAL, local_verdict
+from mailpath.probes.pacing import pacers
+from mailpath.probes.result import ProbeResult, Target
 
 DEFAULT_TTL = 64
 
@@ -486,8 +486,8 @@ def probe_raw(
     targets: list[Target], options: Options, progress: Callable[[int, int], None] | None = None
 ) -> list[ProbeResult]:
     """Probe all targets in one raw batch. Raises PermissionError without CAP_NET_RAW."""
-    from probes.local import route
-    from probes.rawsock import RawNet, drive
+    from mailpath.probes.local import route
+    from mailpath.probes.rawsock import RawNet, drive
 
     with RawNet({t.family for t in targets}) as net:
         sources = {a: route(a) for a in {t.address for t in targets}}

@@ -22,8 +22,8 @@ import heapq
 import random
 from dataclasses import asdict, dataclass, field
 
-from probes import wire
-from probes.classify import (
+from mailpath.probes import wire
+from mailpath.probes.classify import (
     Flow,
     Reply,
     ReplyKind,
@@ -33,10 +33,10 @@ from probes.classify import (
     read_reply,
     unreach_verdict,
 )
-from probes.local import LOCAL, local_verdict, route
-from probes.pacing import Pacer, pacers
-from probes.result import Target
-from probes.syn import Send
+from mailpath.probes.local import LOCAL, local_verdict, route
+from mailpath.probes.pacing import Pacer, pacers
+from mailpath.probes.result import Target
+from mailpath.probes.syn import Send
 
 _TERMINAL = (ReplyKind.SYN_ACK, ReplyKind.RST, ReplyKind.UNREACH, ReplyKind.ECHO_REPLY)
 _LABEL = {
@@ -466,8 +466,8 @@ def trace_raw(
 ) -> list[TraceResult]:
     """Trace every target concurrently over raw sockets. Raises PermissionError without
     CAP_NET_RAW; an address with no local route comes back as an ``unreachable`` result."""
-    from probes.machine import Together
-    from probes.rawsock import RawNet, drive
+    from mailpath.probes.machine import Together
+    from mailpath.probes.rawsock import RawNet, drive
 
     shared = pacers(options.icmp_interval)
     runs, results = [], {}

@@ -12,6 +12,8 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 
+from mailpath.probes import wire
+from mailpath.probes.classify import Verdict, unreach_verdict
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -20,9 +22,6 @@ from scapy.layers.inet6 import (
     ICMPv6TimeExceeded,
     IPv6,
 )
-
-from probes import wire
-from probes.classify import Verdict, unreach_verdict
 
 # Actions a router (on a port) or the destination (on a port) may take.
 PASS, DROP, FORGE_RST, FORGE_SYNACK = "pass", "drop", "rst", "synack"

@@ -8,8 +8,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from cloud.aws import ACTIONS, Identity, Reader, read_context
-from cloud.evaluate import evaluate
+from mailpath.cloud.aws import ACTIONS, Identity, Reader, read_context
+from mailpath.cloud.evaluate import evaluate
+
 from tests.cloud.world import World
 from tests.conftest import MAILPATH
 

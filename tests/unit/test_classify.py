@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from mailpath.probes import wire
+from mailpath.probes.classify import (
+    Flow,
+    ReplyKind,
+    Verdict,
+    icmp_name,
+    infer_hop,
+    read_reply,
+    unreach_verdict,
+)
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
-
-from probes import wire
-from probes.classify import Flow, ReplyKind, Verdict, icmp_name, infer_hop, read_reply, unreach_verdict
 
 ME, DEST, ROUTER = "198.18.1.1", "198.18.3.2", "198.18.2.2"
 

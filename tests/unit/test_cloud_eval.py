@@ -6,8 +6,7 @@ from ipaddress import ip_address, ip_network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cloud.evaluate import (
+from mailpath.cloud.evaluate import (
     Context,
     Interface,
     evaluate,
@@ -257,7 +256,7 @@ def test_unread_components_make_the_verdict_unknown():
 
 
 def test_provider_from_dmi():
-    from cloud.provider import AZURE_ASSET_TAG, provider_from_dmi, read_dmi
+    from mailpath.cloud.provider import AZURE_ASSET_TAG, provider_from_dmi, read_dmi
 
     assert provider_from_dmi({"sys_vendor": "Amazon EC2", "product_name": "m5.large"}) == "aws"
     assert provider_from_dmi({"bios_vendor": "Amazon EC2", "sys_vendor": "Xen"}) == "aws"

@@ -8,8 +8,7 @@ import sys
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from probes.connect import QueuedICMP, parse_extended_error
+from mailpath.probes.connect import QueuedICMP, parse_extended_error
 
 
 def _sockaddr(address: str) -> bytes:

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from mailpath.agent.correlate import Observation, combine, diagnose_address
+from mailpath.agent.finding import Agent, Finding, json_schema
+from mailpath.agent.render import print_findings
+from mailpath.cloud.evaluate import Blocker, Evaluation
+from mailpath.probes.classify import Verdict
+from mailpath.probes.problem import Problem
+from mailpath.probes.result import ProbeResult
+from mailpath.probes.smtp import SmtpResult
+from mailpath.probes.trace import TraceResult
 from rich.console import Console
-
-from agent.correlate import Observation, combine, diagnose_address
-from agent.finding import Agent, Finding, json_schema
-from agent.render import print_findings
-from cloud.evaluate import Blocker, Evaluation
-from probes.classify import Verdict
-from probes.problem import Problem
-from probes.result import ProbeResult
-from probes.smtp import SmtpResult
-from probes.trace import TraceResult
 
 ROOT = Path(__file__).resolve().parents[2]
 DEST = "198.51.100.25"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from probes.dns import Failure, build_route
+from mailpath.probes.dns import Failure, build_route
 
 
 def codes(route):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from mailpath.agent.render import port_ranges, print_probe
+from mailpath.probes.classify import Verdict
+from mailpath.probes.result import ProbeResult
 from rich.console import Console
-
-from agent.render import port_ranges, print_probe
-from probes.classify import Verdict
-from probes.result import ProbeResult
 
 
 @given(st.lists(st.integers(1, 65535), min_size=1, max_size=200, unique=True))

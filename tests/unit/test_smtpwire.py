@@ -9,8 +9,7 @@ import datetime as dt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from probes.smtpwire import (
+from mailpath.probes.smtpwire import (
     CertInfo,
     ProtocolError,
     ReplyReader,

@@ -11,11 +11,11 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mailpath.probes import wire
+from mailpath.probes.classify import Verdict
+from mailpath.probes.result import Target
+from mailpath.probes.syn import Options, SynBatch
 
-from probes import wire
-from probes.classify import Verdict
-from probes.result import Target
-from probes.syn import Options, SynBatch
 from tests.simnet import CLOSED, DROP, FORGE_RST, FORGE_SYNACK, OPEN, Path, Router, SimNet, icmp, run
 
 CLIENT = {4: "198.18.1.1", 6: "2001:db8:1::1"}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from agent.targets import InputError, expand, is_hostname, parse_ports, parse_target
-from probes.result import Target
+from mailpath.agent.targets import InputError, expand, is_hostname, parse_ports, parse_target
+from mailpath.probes.result import Target
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mailpath.probes.classify import Verdict
+from mailpath.probes.result import Target
+from mailpath.probes.trace import TraceOptions, TraceRun
 
-from probes.classify import Verdict
-from probes.result import Target
-from probes.trace import TraceOptions, TraceRun
 from tests.simnet import DROP, FORGE_RST, OPEN, Path, Router, SimNet, icmp, run
 
 CLIENT = {4: "198.18.1.1", 6: "2001:db8:1::1"}

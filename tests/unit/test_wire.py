@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
+from mailpath.probes import wire
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6TimeExceeded, IPv6
-
-from probes import wire
 
 ports = st.integers(1, 65535)
 u32 = st.integers(0, 2**32 - 1)
