@@ -24,9 +24,15 @@ finding's (``error`` when no address works, ``warning`` when another one does).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mailpath.agent.finding import Candidate, Evidence, Location
 from mailpath.probes.result import ProbeResult
+
+if TYPE_CHECKING:  # the types only: correlation reads results, it runs no probe and no cloud call
+    from mailpath.cloud.evaluate import Evaluation
+    from mailpath.probes.smtp import SmtpResult
+    from mailpath.probes.trace import TraceResult
 
 SERVICE_CODES = ("no-greeting", "service-refused", "timeout", "connect-failed")
 TLS_CODES = (
@@ -48,9 +54,9 @@ class Observation:
 
     address: str
     probe: ProbeResult
-    trace: object | None = None  # probes.trace.TraceResult
-    smtp: object | None = None  # probes.smtp.SmtpResult
-    cloud: object | None = None  # cloud.evaluate.Evaluation
+    trace: TraceResult | None = None
+    smtp: SmtpResult | None = None
+    cloud: Evaluation | None = None
 
 
 @dataclass
@@ -88,12 +94,7 @@ def _facts(o: Observation, ttl: int | None = None) -> list[Evidence]:
 
 def _hop_address(o: Observation, hop: int | None) -> str | None:
     """The address of the router at ``hop``, as the trace saw it answer time-exceeded."""
-    if o.trace is None or hop is None:
-        return None
-    for row in o.trace.hops:
-        if row["ttl"] == hop and row["reply"] == "time-exceeded":
-            return row["address"]
-    return None
+    return o.trace.hop_address(hop) if o.trace is not None else None
 
 
 def _at(hop: int | None, address: str | None) -> str:
@@ -259,7 +260,7 @@ def rule_rejected(o: Observation) -> Diagnosis:
         if own
         else Location(kind="hop", hop=p.responder_hop, address=p.responder)
     )
-    name = p.icmp["name"] if p.icmp else "reject"
+    name = p.icmp.name if p.icmp else "reject"
     what = f"{o.address}'s own firewall" if own else f"the firewall at {_at(p.responder_hop, p.responder)}"
     return Diagnosis(
         "firewall",
@@ -368,9 +369,9 @@ def rule_filtered(o: Observation) -> Diagnosis:
         )
     addr = _hop_address(o, last) if last else None
     location = Location(kind="hop", hop=last, address=addr) if last else Location(kind="local")
-    ctl = t.control or {}
-    dest_hop = ctl.get("furthest_hop") if ctl.get("reached_destination") else None
-    if ctl and t.port_specific is False:
+    ctl = t.control
+    dest_hop = ctl.furthest_hop if ctl is not None and ctl.reached_destination else None
+    if ctl is not None and t.port_specific is False:
         return Diagnosis(
             "network",
             f"{where}, for every kind of packet",
@@ -378,7 +379,7 @@ def rule_filtered(o: Observation) -> Diagnosis:
             ev,
             [
                 f"The path to {o.address} goes silent after {_at(last, addr)} even for the control "
-                f"({ctl.get('kind')}): check routing beyond that hop, and whether {o.address} is up"
+                f"({ctl.kind}): check routing beyond that hop, and whether {o.address} is up"
             ],
             candidates=[
                 Candidate(

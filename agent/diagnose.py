@@ -269,7 +269,7 @@ def _address_result(o: Observation) -> AddressResult:
             responder_hop=t.responder_hop,
             destination_hop=t.destination_hop,
             port_specific=t.port_specific,
-            hops=[{"ttl": h["ttl"], "address": h["address"], "reply": h["reply"]} for h in t.hops],
+            hops=[TraceHop(ttl=h.ttl, address=h.address, reply=h.reply) for h in t.hops],
         )
         if t is not None
         else None,

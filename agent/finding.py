@@ -51,6 +51,12 @@ class Candidate(_Model):
     how_to_tell: str
 
 
+class TraceHop(_Model):
+    ttl: int
+    address: str | None = None
+    reply: str | None = None  # time-exceeded, syn-ack, rst, echo-reply, prohibited, unreachable
+
+
 class TraceSummary(_Model):
     verdict: str
     drop_after_hop: int | None
@@ -58,7 +64,7 @@ class TraceSummary(_Model):
     responder_hop: int | None = None
     destination_hop: int | None = None
     port_specific: bool | None = None
-    hops: list[dict] = Field(default_factory=list)  # {"ttl", "address", "reply"}
+    hops: list[TraceHop] = Field(default_factory=list)
 
 
 class SmtpSummary(_Model):

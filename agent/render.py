@@ -6,7 +6,7 @@ from mailpath.probes.classify import Verdict
 from mailpath.probes.dns import MailRoute
 from mailpath.probes.result import ProbeResult
 from mailpath.probes.smtp import SmtpResult
-from mailpath.probes.trace import TraceResult
+from mailpath.probes.trace import Hop, TraceResult
 from rich.console import Console
 from rich.table import Table
 
@@ -97,10 +97,10 @@ def print_probe(results: list[ProbeResult], console: Console | None = None) -> N
             console.print(f"[dim]  - {n}[/]")
 
 
-def _cell(row: dict | None) -> tuple[str, str, str]:
-    if row is None or row["reply"] is None:
+def _cell(row: Hop | None) -> tuple[str, str, str]:
+    if row is None or row.reply is None:
         return "*", "-", "-"
-    return row["address"], row["reply"], f"{row['rtt_ms']:.1f}"
+    return row.address or "*", row.reply, f"{row.rtt_ms:.1f}"
 
 
 def trace_table(r: TraceResult) -> Table:
@@ -109,12 +109,12 @@ def trace_table(r: TraceResult) -> Table:
     for col in ("ttl", "address", "reply", "rtt ms"):
         table.add_column(col, justify="right" if col in ("ttl", "rtt ms") else "left")
     if ctl:
-        name = "echo" if ctl["kind"] == "icmp" else f"port {ctl['port']}"
+        name = "echo" if ctl.kind == "icmp" else f"port {ctl.port}"
         table.add_column(f"control ({name})")
         table.add_column("reply")
-    ctl_rows = {row["ttl"]: row for row in ctl["hops"]} if ctl else {}
-    ttls = sorted({row["ttl"] for row in r.hops} | set(ctl_rows))
-    main_rows = {row["ttl"]: row for row in r.hops}
+    ctl_rows = {row.ttl: row for row in ctl.hops} if ctl else {}
+    main_rows = {row.ttl: row for row in r.hops}
+    ttls = sorted(set(main_rows) | set(ctl_rows))
     for ttl in ttls:
         cells = [str(ttl), *_cell(main_rows.get(ttl))]
         if ctl:
@@ -130,9 +130,9 @@ def trace_summary(r: TraceResult) -> str:
     ctl = r.control
     if ctl and r.port_specific is not None:
         reach = (
-            f"reaches the destination at hop {ctl['furthest_hop']}"
-            if ctl["reached_destination"]
-            else f"goes silent after hop {ctl['furthest_hop']}"
+            f"reaches the destination at hop {ctl.furthest_hop}"
+            if ctl.reached_destination
+            else f"goes silent after hop {ctl.furthest_hop}"
         )
         verdict = (
             "so this port is singled out"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from mailpath.probes import wire
 from mailpath.probes.classify import Verdict, icmp_name, unreach_verdict
 from mailpath.probes.local import LOCAL, local_verdict, route
-from mailpath.probes.result import ProbeResult, Target
+from mailpath.probes.result import Icmp, ProbeResult, Target
 
 _IP_RECVERR, _IPV6_RECVERR = 11, 25  # Linux <linux/in.h>, <linux/in6.h>
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err
@@ -127,7 +127,7 @@ def _icmp_result(base: dict, t: Target, a: _Attempt) -> ProbeResult:
         verdict=verdict,
         responder=q.sender,
         rtt_ms=round(a.elapsed * 1000, 3),
-        icmp={"type": q.type, "code": q.code, "name": name},
+        icmp=Icmp(q.type, q.code, name),
         reason=f"ICMP {name} from {q.sender} (from the socket's error queue)",
         limitations=[NO_HOPS],
     )

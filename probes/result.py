@@ -20,6 +20,15 @@ class Target:
         return 6 if ":" in self.address else 4
 
 
+@dataclass(frozen=True, slots=True)
+class Icmp:
+    """An ICMP error as received: type, code and its name (``admin-prohibited``…)."""
+
+    type: int
+    code: int
+    name: str
+
+
 @dataclass(slots=True)
 class ProbeResult:
     host: str
@@ -31,7 +40,7 @@ class ProbeResult:
     responder: str | None = None
     responder_hop: int | None = None
     destination_hop: int | None = None
-    icmp: dict | None = None
+    icmp: Icmp | None = None
     rtt_ms: float | None = None
     attempts: int = 0
     # What this method cannot tell apart (connect() mode); empty for raw probes.

@@ -33,7 +33,7 @@ from mailpath.probes import wire
 from mailpath.probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, read_reply, unreach_verdict
 from mailpath.probes.local import LOCAL, local_verdict
 from mailpath.probes.pacing import pacers
-from mailpath.probes.result import ProbeResult, Target
+from mailpath.probes.result import Icmp, ProbeResult, Target
 
 DEFAULT_TTL = 64
 
@@ -425,7 +425,7 @@ class SynBatch:
             return self._rst_result(common, r, dest_hop)
         family = 6 if ":" in r.responder else 4
         name = icmp_name(family, r.icmp_type, r.icmp_code)
-        icmp = {"type": r.icmp_type, "code": r.icmp_code, "name": name}
+        icmp = Icmp(r.icmp_type, r.icmp_code, name)
         where = "this host" if hop == 0 else f"{r.responder} (hop {hop})"
         if r.kind is ReplyKind.TIME_EXCEEDED:
             return ProbeResult(

@@ -35,7 +35,7 @@ from mailpath.probes.classify import (
 )
 from mailpath.probes.local import LOCAL, local_verdict, route
 from mailpath.probes.pacing import Pacer, pacers
-from mailpath.probes.result import Target
+from mailpath.probes.result import Icmp, Target
 from mailpath.probes.syn import Send
 
 _TERMINAL = (ReplyKind.SYN_ACK, ReplyKind.RST, ReplyKind.UNREACH, ReplyKind.ECHO_REPLY)
@@ -293,7 +293,7 @@ class TraceRun:
         stop = terminal - 1 if terminal is not None else main.last_answered
         port_specific = None
         if ctl is not None and verdict is not Verdict.OPEN:
-            port_specific = ctl["furthest_hop"] > stop
+            port_specific = ctl.furthest_hop > stop
         return TraceResult(
             host=self.target.host,
             address=self.target.address,
@@ -358,7 +358,7 @@ def _label(r: Reply, family: int) -> str:
     return _LABEL[r.kind]
 
 
-def _rows(line: _Line, o: TraceOptions) -> list[dict]:
+def _rows(line: _Line, o: TraceOptions) -> list[Hop]:
     terminal = line.terminal_ttl
     last = terminal if terminal is not None else min(line.last_answered + 1, max(line.probes, default=0))
     family = 6 if ":" in line.target else 4
@@ -367,40 +367,25 @@ def _rows(line: _Line, o: TraceOptions) -> list[dict]:
         answered = line.replies(ttl)
         sent = len(line.probes.get(ttl, []))
         if not answered:
-            rows.append(
-                {
-                    "ttl": ttl,
-                    "address": None,
-                    "reply": None,
-                    "rtt_ms": None,
-                    "hop": None,
-                    "answered": 0,
-                    "sent": sent,
-                    "icmp": None,
-                }
-            )
+            rows.append(Hop(ttl=ttl, sent=sent))
             continue
         best = min(answered, key=lambda p: p.rtt)
         r = best.reply
         icmp = None
         if r.icmp_type is not None and r.kind is not ReplyKind.ECHO_REPLY:
-            icmp = {
-                "type": r.icmp_type,
-                "code": r.icmp_code,
-                "name": icmp_name(family, r.icmp_type, r.icmp_code),
-            }
+            icmp = Icmp(r.icmp_type, r.icmp_code, icmp_name(family, r.icmp_type, r.icmp_code))
         rows.append(
-            {
-                "ttl": ttl,
-                "address": r.responder,
-                "reply": _label(r, family),
-                "rtt_ms": round(best.rtt * 1000, 3),
-                "hop": r.hop,
-                "answered": len(answered),
-                "sent": sent,
-                "icmp": icmp,
-                "addresses": sorted({p.reply.responder for p in answered}),
-            }
+            Hop(
+                ttl=ttl,
+                address=r.responder,
+                reply=_label(r, family),
+                rtt_ms=round(best.rtt * 1000, 3),
+                hop=r.hop,
+                answered=len(answered),
+                sent=sent,
+                icmp=icmp,
+                addresses=sorted({p.reply.responder for p in answered}),
+            )
         )
     return rows
 
@@ -425,16 +410,43 @@ def _destination_hop(main: _Line, control: _Line | None) -> int | None:
     return min((ln.terminal_ttl for ln in (main, control) if ln is not None and _reached(ln)), default=None)
 
 
-def _control_summary(line: _Line, o: TraceOptions) -> dict:
+def _control_summary(line: _Line, o: TraceOptions) -> ControlTrace:
     reached = _reached(line)
-    return {
-        "kind": line.kind,
-        "port": line.port,
-        "hops": _rows(line, o),
-        "reached_destination": reached,
-        "last_hop": line.last_answered or None,
-        "furthest_hop": line.terminal_ttl if reached else line.last_answered,
-    }
+    return ControlTrace(
+        kind=line.kind,
+        port=line.port,
+        hops=_rows(line, o),
+        reached_destination=reached,
+        last_hop=line.last_answered or None,
+        furthest_hop=line.terminal_ttl if reached else line.last_answered,
+    )
+
+
+@dataclass(slots=True)
+class Hop:
+    """One TTL of a trace: who answered (the fastest of its probes), with what, and how often."""
+
+    ttl: int
+    address: str | None = None
+    reply: str | None = None  # time-exceeded, syn-ack, rst, echo-reply, prohibited, unreachable
+    rtt_ms: float | None = None
+    hop: int | None = None  # the responder's hop, inferred from the reply's TTL
+    answered: int = 0
+    sent: int = 0
+    icmp: Icmp | None = None
+    addresses: list[str] = field(default_factory=list)  # every responder at this TTL
+
+
+@dataclass(slots=True)
+class ControlTrace:
+    """The control trace (ICMP echo or another TCP port) that ran beside the main one."""
+
+    kind: str  # "icmp" or "tcp"
+    port: int | None
+    hops: list[Hop]
+    reached_destination: bool
+    last_hop: int | None
+    furthest_hop: int
 
 
 @dataclass
@@ -443,14 +455,14 @@ class TraceResult:
     address: str
     port: int
     source: str
-    hops: list[dict]
+    hops: list[Hop]
     verdict: Verdict
     drop_after_hop: int | None
     reached_destination: bool
     responder: str | None
     responder_hop: int | None
     destination_hop: int | None
-    control: dict | None
+    control: ControlTrace | None
     port_specific: bool | None
     reason: str
     complete: bool
@@ -459,6 +471,13 @@ class TraceResult:
         d = asdict(self)
         d["verdict"] = str(self.verdict)
         return d
+
+    def hop_address(self, hop: int | None) -> str | None:
+        """The address of the router at ``hop``, as it answered time-exceeded."""
+        for row in self.hops:
+            if hop is not None and row.ttl == hop and row.reply == "time-exceeded":
+                return row.address
+        return None
 
 
 def trace_raw(

@@ -14,9 +14,9 @@ from mailpath.agent.render import print_findings
 from mailpath.cloud.evaluate import Blocker, Evaluation
 from mailpath.probes.classify import Verdict
 from mailpath.probes.problem import Problem
-from mailpath.probes.result import ProbeResult
+from mailpath.probes.result import Icmp, ProbeResult
 from mailpath.probes.smtp import SmtpResult
-from mailpath.probes.trace import TraceResult
+from mailpath.probes.trace import ControlTrace, Hop, TraceResult
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +39,7 @@ def trace(
     verdict="filtered", drop_after=2, port_specific=True, reached_control=True, furthest=3
 ) -> TraceResult:
     hops = [
-        {"ttl": n, "address": f"192.0.2.{n}", "reply": "time-exceeded"}
-        for n in range(1, (drop_after or 0) + 1)
+        Hop(ttl=n, address=f"192.0.2.{n}", reply="time-exceeded") for n in range(1, (drop_after or 0) + 1)
     ]
     return TraceResult(
         host="mx.example.com",
@@ -54,14 +53,14 @@ def trace(
         responder=None,
         responder_hop=None,
         destination_hop=furthest if reached_control else None,
-        control={
-            "kind": "icmp",
-            "port": None,
-            "hops": [],
-            "reached_destination": reached_control,
-            "last_hop": furthest,
-            "furthest_hop": furthest,
-        },
+        control=ControlTrace(
+            kind="icmp",
+            port=None,
+            hops=[],
+            reached_destination=reached_control,
+            last_hop=furthest,
+            furthest_hop=furthest,
+        ),
         port_specific=port_specific,
         reason=f"SYNs to port 587 go silent after hop {drop_after}",
         complete=True,
@@ -115,8 +114,8 @@ def test_everything_allowed_on_aws_port_25_public_is_cloud_policy():
 def test_reset_in_path_is_a_firewall_at_that_hop():
     t = trace("reset-in-path", drop_after=None)
     t.hops = [
-        {"ttl": 1, "address": "192.0.2.1", "reply": "time-exceeded"},
-        {"ttl": 2, "address": DEST, "reply": "rst"},
+        Hop(ttl=1, address="192.0.2.1", reply="time-exceeded"),
+        Hop(ttl=2, address=DEST, reply="rst"),
     ]
     d = dx(Observation(DEST, probe("reset-in-path", responder=DEST, responder_hop=1, destination_hop=3), t))
     assert d.cause == "firewall" and (d.location.kind, d.location.hop, d.location.address) == (
@@ -169,7 +168,7 @@ def test_rejected_names_the_hop_or_the_destination():
                 "rejected",
                 responder="192.0.2.2",
                 responder_hop=2,
-                icmp={"type": 3, "code": 13, "name": "communication administratively prohibited"},
+                icmp=Icmp(3, 13, "communication administratively prohibited"),
             ),
         )
     )

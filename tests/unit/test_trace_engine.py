@@ -66,12 +66,12 @@ def test_each_fault_is_located(family, where, action, verdict, drop_after, respo
     assert r.drop_after_hop == drop_after
     assert r.responder_hop == responder_hop
     assert r.reached_destination == (verdict in ("open", "refused") or (where == 0 and verdict == "rejected"))
-    assert r.control["reached_destination"] and r.destination_hop == 3
+    assert r.control.reached_destination and r.destination_hop == 3
     if verdict != "open":
         assert r.port_specific is True
     for row in r.hops:
-        if row["reply"] == "time-exceeded":
-            assert row["address"] == _router(path, row["ttl"], family)
+        if row.reply == "time-exceeded":
+            assert row.address == _router(path, row.ttl, family)
     if verdict == "reset-in-path":
         assert f"hop {responder_hop} ({_router(path, responder_hop, family)})" in r.reason
 
@@ -81,7 +81,7 @@ def test_a_quiet_router_is_not_a_drop():
     path.routers[1].silent = True  # hop 2 never sends time-exceeded
     r, _ = _trace(path, 25)
     assert r.verdict is Verdict.OPEN and r.drop_after_hop is None
-    assert [row["reply"] for row in r.hops] == ["time-exceeded", None, "time-exceeded", "syn-ack"]
+    assert [row.reply for row in r.hops] == ["time-exceeded", None, "time-exceeded", "syn-ack"]
 
 
 def test_a_path_that_goes_silent_for_everything_is_not_port_specific():
@@ -89,15 +89,15 @@ def test_a_path_that_goes_silent_for_everything_is_not_port_specific():
     path.routers[1].blackhole = True
     r, _ = _trace(path, 25)
     assert r.verdict is Verdict.FILTERED and r.drop_after_hop == 2
-    assert r.control["furthest_hop"] == 2 and r.port_specific is False
+    assert r.control.furthest_hop == 2 and r.port_specific is False
 
 
 def test_tcp_control_port():
     path = _path(ports={25: OPEN, 443: OPEN})
     path.routers[0].ports[25] = DROP
     r, _ = _trace(path, 25, control=443)
-    assert r.control["kind"] == "tcp" and r.control["port"] == 443
-    assert r.control["reached_destination"] and r.port_specific is True and r.drop_after_hop == 1
+    assert r.control.kind == "tcp" and r.control.port == 443
+    assert r.control.reached_destination and r.port_specific is True and r.drop_after_hop == 1
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,7 +127,7 @@ def test_trace_stops_within_its_bound_when_nothing_answers():
     r, elapsed = _trace(path, 25, **opts)
     assert r.verdict is Verdict.FILTERED and r.drop_after_hop == 0
     assert elapsed <= TraceOptions(**opts).time_limit
-    assert len(r.hops) == 1 and r.hops[0]["reply"] is None
+    assert len(r.hops) == 1 and r.hops[0].reply is None
 
 
 def test_answered_trace_takes_about_one_round_trip():
