@@ -23,6 +23,7 @@ from mailpath.agent.finding import (
     Finding,
     Location,
     SmtpSummary,
+    TraceHop,
     TraceSummary,
 )
 from mailpath.probes.local import ephemeral_ports
