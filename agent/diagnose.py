@@ -9,7 +9,6 @@ only silent drops wait for timeouts.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -26,7 +25,8 @@ from mailpath.agent.finding import (
     TraceHop,
     TraceSummary,
 )
-from mailpath.probes.local import ephemeral_ports
+from mailpath.cloud.check import CloudOptions, CloudRead, read_cloud
+from mailpath.probes.errors import DependencyFailed, MailpathError, ResolveError
 from mailpath.probes.result import Target
 
 
@@ -43,11 +43,7 @@ class DiagnoseOptions:
     nameservers: list[tuple[str, int]] = field(default_factory=list)
     dns_timeout: float = 5.0
     family: int | None = None  # 4 or 6 to keep one family
-    cloud: str = "auto"  # auto, yes, no
-    instance_id: str | None = None
-    eni: str | None = None
-    region: str | None = None
-    provider: str | None = None
+    cloud: CloudOptions | None = field(default_factory=CloudOptions)  # None: no cloud check
     ca_file: str | None = None
     user: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -80,7 +76,7 @@ async def plan(target: str, opts: DiagnoseOptions) -> list[Plan]:
 
         try:
             route = await lookup_route_async(name, opts.nameservers, opts.dns_timeout)
-        except Exception:  # no resolver configuration for dnspython: fall back to the system's
+        except DependencyFailed:  # no resolver configuration for dnspython: fall back to the system's
             route = None
         if route is not None:
             plans = _plans_from_route(name, route)
@@ -119,22 +115,15 @@ def _plans_from_route(domain: str, route) -> list[Plan] | None:
 
 async def _fill_from_system(plans: list[Plan], opts: DiagnoseOptions) -> list[Plan]:
     """Addresses of hosts that still have none, through the system resolver (/etc/hosts too)."""
-    from mailpath.agent.targets import InputError, resolve
+    from mailpath.probes.dns import resolve_host
 
     for p in plans:
         if p.addresses or p.dns_cause:
             continue
         try:
-            if opts.nameservers:
-                from mailpath.probes.dns import resolve_host
-
-                p.addresses, why = await resolve_host(p.host, opts.nameservers, opts.dns_timeout)
-                if not p.addresses:
-                    raise InputError(f"cannot resolve {p.host!r}: {why}")
-            else:
-                p.addresses = await asyncio.to_thread(resolve, p.host)
-        except InputError as e:
-            p.dns_cause = "nxdomain" if "not known" in str(e) or "NXDOMAIN" in str(e) else "unresolvable"
+            p.addresses = await resolve_host(p.host, opts.nameservers, opts.dns_timeout)
+        except ResolveError as e:
+            p.dns_cause = _RESOLVE_CAUSE.get(e.kind, "unresolvable")
             p.dns.append(Evidence(source="dns", ref=f"dns:{p.host}/address", fact=str(e)))
     for p in plans:
         if opts.family:
@@ -155,57 +144,36 @@ async def _fill_from_system(plans: list[Plan], opts: DiagnoseOptions) -> list[Pl
 # -- stages 2-4: measure ----------------------------------------------------------------------
 
 
-def _cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
-    """(provider, identity dict, context, {address: destination interface}) or None off cloud."""
-    if opts.cloud == "no":
-        return None
-    from mailpath.cloud.aws import find_identity
-    from mailpath.cloud.evaluate import policy_only
-    from mailpath.cloud.provider import detect
-
-    dmi = detect()
-    # IMDS is asked only where it can answer: on AWS by its DMI, or where it was pointed to
-    ask = opts.provider == "aws" or (
-        opts.provider is None
-        and (opts.cloud == "yes" or dmi == "aws" or bool(os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT")))
-    )
-    identity = find_identity(opts.instance_id, opts.eni, opts.region, ask_imds=ask)
-    provider = opts.provider or ("aws" if identity else dmi)
-    if provider is None:
-        return None
-    eph = ephemeral_ports()
-    if provider == "aws" and identity is not None:
-        from mailpath.cloud.aws import Reader, read_context
-
-        try:
-            ctx, dests, _ = read_context(identity, addresses, eph, Reader(identity.region))
-        except Exception as e:  # credentials, region, endpoint: the rest of the diagnosis goes on
-            return provider, {"error": f"could not read AWS: {e}", **identity.to_dict()}, None, {}
-        return provider, identity.to_dict(), ctx, dests
-    return provider, {"provider": provider}, policy_only(provider, eph), dict.fromkeys(addresses)
-
-
-def _safe_cloud_reader(opts: DiagnoseOptions, addresses: list[str]):
-    """The cloud check is one witness among several: its failure must not stop the diagnosis."""
+def _read_cloud(options: CloudOptions | None, addresses: list[str]) -> tuple[CloudRead | None, dict | None]:
+    """The cloud configuration and this host's cloud identity. The cloud check is one witness
+    among several: when it cannot run, the identity says why and the diagnosis goes on."""
+    if options is None:
+        return None, None
     try:
-        return _cloud_reader(opts, addresses)
-    except Exception as e:
-        return None if opts.cloud == "auto" else ("unknown", {"error": f"cloud check failed: {e}"}, None, {})
+        read = read_cloud(options, addresses)
+    except MailpathError as e:
+        return None, {"error": f"cloud check failed: {e}"} if options.required else None
+    return read, (read.identity if read else None)
 
 
 async def measure(
-    plans: list[Plan], opts: DiagnoseOptions
+    plans: list[Plan], opts: DiagnoseOptions, cloud: CloudRead | None = None
 ) -> tuple[dict[tuple[str, str, int], Observation], dict | None]:
-    """Observations per (host, address, port), and the cloud identity when there is one."""
+    """Observations per (host, address, port), and the cloud identity when there is one.
+    ``cloud``: a configuration already read (the agent reads it once a round); else it is read
+    here, while the probes run, as ``opts.cloud`` says."""
     from mailpath.probes import Options, probe
-    from mailpath.probes.smtp import SmtpOptions, check_address
+    from mailpath.probes.smtp import SmtpOptions, check_targets
     from mailpath.probes.trace import TraceOptions, trace_raw
 
     targets = [Target(p.host, a, port) for p in plans for a in p.addresses for port in opts.ports]
     if not targets:
         return {}, None
     addresses = sorted({t.address for t in targets})
-    cloud_task = asyncio.create_task(asyncio.to_thread(_safe_cloud_reader, opts, addresses))
+    if cloud is not None:
+        cloud_task = asyncio.create_task(asyncio.sleep(0, (cloud, cloud.identity)))
+    else:
+        cloud_task = asyncio.create_task(asyncio.to_thread(_read_cloud, opts.cloud, addresses))
     options = Options(timeout=opts.timeout, retries=opts.retries, min_wait=opts.min_wait)
     results = await asyncio.to_thread(probe, targets, method=opts.method, options=options)
     obs = {
@@ -228,27 +196,17 @@ async def measure(
         topts = TraceOptions(max_hops=opts.max_hops, timeout=opts.timeout, min_wait=opts.min_wait)
         return await asyncio.to_thread(trace_raw, to_trace, topts)
 
-    from mailpath.probes.local import route
-
-    sessions = [
-        check_address(
-            t.host, t.address, t.port, smtp_opts, src if isinstance(src := route(t.address), str) else ""
-        )
-        for t in open_
-    ]
-    traced, checked, cloud = await asyncio.gather(traces(), asyncio.gather(*sessions), cloud_task)
+    traced, checked, (read, identity) = await asyncio.gather(
+        traces(), check_targets(open_, smtp_opts), cloud_task
+    )
     for t, tr in zip(to_trace, traced, strict=True):
         obs[(t.host, t.address, t.port)].trace = tr
     for t, s in zip(open_, checked, strict=True):
         obs[(t.host, t.address, t.port)].smtp = s
-    if cloud and cloud[2] is not None:
-        from mailpath.cloud.evaluate import evaluate
-
-        _, _, ctx, dests = cloud
+    if read is not None:
         for (_, address, port), o in obs.items():
-            ctx.destination = dests.get(address)
-            o.cloud = evaluate(ctx, address, port)
-    return obs, (cloud[1] if cloud else None)
+            o.cloud = read.evaluate(address, port)
+    return obs, identity
 
 
 # -- stage 5: findings ------------------------------------------------------------------------
@@ -286,6 +244,12 @@ def _address_result(o: Observation) -> AddressResult:
     )
 
 
+_RESOLVE_CAUSE = {
+    "nxdomain": "nxdomain",
+    "nodata": "no-address",
+    "servfail": "servfail",
+    "timeout": "dns-timeout",
+}
 _DNS_STEPS = {
     "nxdomain": "The name does not exist: check the spelling of the domain or host the application uses",
     "null-mx": "The domain publishes a null MX (RFC 7505): it accepts no mail at all",
@@ -294,6 +258,7 @@ _DNS_STEPS = {
     "dns-timeout": "No DNS answer in time: check this host's resolver (/etc/resolv.conf) and the domain's "
     "nameservers",
     "mx-no-address": "The MX host has no A/AAAA record: fix the MX target's address records",
+    "no-address": "The name exists but has no A/AAAA record: fix its address records",
     "unresolvable": "The name does not resolve here: check /etc/hosts, the resolver and the name",
     "no-address-in-family": "The host has no address of the requested IP family",
 }
@@ -314,14 +279,12 @@ def _dns_finding(p: Plan, port: int, agent: Agent) -> Finding:
     )
 
 
-def agent_info(cloud_identity: dict | None) -> Agent:
-    return Agent(hostname=socket.gethostname(), version=__version__, cloud=cloud_identity or None)
+def agent_info(name: str | None = None) -> Agent:
+    """This host as findings name it: ``name`` (the agent's configured name) or the host name."""
+    return Agent(hostname=name or socket.gethostname(), version=__version__)
 
 
-def findings(
-    plans: list[Plan], obs: dict, opts: DiagnoseOptions, cloud_identity: dict | None
-) -> list[Finding]:
-    agent = agent_info(cloud_identity)
+def findings(plans: list[Plan], obs: dict, opts: DiagnoseOptions, agent: Agent) -> list[Finding]:
     out = []
     for p in plans:
         for port in opts.ports:
@@ -349,10 +312,19 @@ def findings(
     return out
 
 
-def diagnose(target: str, opts: DiagnoseOptions) -> list[Finding]:
-    async def run():
-        plans = await plan(target, opts)
-        obs, cloud_identity = await measure(plans, opts)
-        return findings(plans, obs, opts, cloud_identity)
+async def diagnose_async(
+    target: str, opts: DiagnoseOptions, agent: Agent, cloud: CloudRead | None = None
+) -> list[Finding]:
+    """Diagnose ``target`` (a mail domain, host name or address) in the running event loop:
+    one finding per host and port. ``agent`` names who reports them; the cloud identity found
+    on the way is added to it. ``cloud``: a configuration already read (see :func:`measure`)."""
+    plans = await plan(target, opts)
+    obs, identity = await measure(plans, opts, cloud)
+    if identity:
+        agent = agent.model_copy(update={"cloud": identity})
+    return findings(plans, obs, opts, agent)
 
-    return asyncio.run(run())
+
+def diagnose(target: str, opts: DiagnoseOptions, agent: Agent | None = None) -> list[Finding]:
+    """:func:`diagnose_async` in an event loop of its own (the CLI's way)."""
+    return asyncio.run(diagnose_async(target, opts, agent or agent_info()))

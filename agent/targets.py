@@ -1,24 +1,22 @@
 """Parsing what the user typed: targets (``HOST``, ``HOST:PORT``, ``[IPv6]:PORT``) and port lists.
 
-Pure apart from :func:`resolve`. Every error is an :class:`InputError` whose message names
-the offending value, so the CLI can print it on one line and exit 2.
+Pure apart from the resolver :func:`expand` is given (the system's by default). Every error
+is an :class:`InputError` whose message names the offending value, so the CLI can print it on
+one line and exit 2.
 """
 
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from mailpath.probes.dns import system_addresses
+from mailpath.probes.errors import InputError
 from mailpath.probes.result import Target
 
 DEFAULT_PORTS = (25, 465, 587)
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
-
-
-class InputError(ValueError):
-    """Bad user input; the message names the bad value."""
 
 
 def parse_ports(specs: Iterable[str]) -> list[int]:
@@ -92,23 +90,7 @@ def _is_ip(text: str, version: int) -> bool:
 Resolver = Callable[[str], list[str]]
 
 
-def resolve(host: str) -> list[str]:
-    """All A and AAAA addresses of ``host`` (through the system resolver, /etc/hosts included)."""
-    try:
-        return [str(ip_address(host))]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise InputError(f"cannot resolve {host!r}: {e.strerror}") from None
-    seen: dict[str, None] = {}
-    for *_, sockaddr in infos:
-        seen.setdefault(sockaddr[0].split("%")[0])
-    return list(seen)
-
-
-def expand(texts: Iterable[str], ports: list[int], resolver: Resolver = resolve) -> list[Target]:
+def expand(texts: Iterable[str], ports: list[int], resolver: Resolver = system_addresses) -> list[Target]:
     """Targets as typed -> one Target per (address, port), in the order given."""
     parsed = [parse_target(t) for t in texts]  # all syntax errors before any lookup
     out: dict[tuple[str, str, int], Target] = {}

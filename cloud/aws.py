@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from mailpath.cloud.evaluate import Context, Interface
+from mailpath.probes.errors import CannotRun
 
 # API operation -> the IAM action it needs (all read-only; Describe* need Resource "*")
 ACTIONS = {
@@ -78,7 +79,10 @@ def imds_identity(timeout: float = 1.0) -> Identity | None:
     IPv6 endpoint mode, and ``AWS_EC2_METADATA_DISABLED``) are honoured as everywhere else.
     """
     import botocore.session
-    from botocore.utils import IMDSFetcher
+    from botocore.exceptions import BotoCoreError
+    from botocore.utils import BadIMDSRequestError, IMDSFetcher, _RetriesExceededError
+
+    no_imds = (BotoCoreError, BadIMDSRequestError, _RetriesExceededError, OSError)
 
     session = botocore.session.get_session()
     config = {
@@ -90,7 +94,7 @@ def imds_identity(timeout: float = 1.0) -> Identity | None:
     fetcher = IMDSFetcher(timeout=timeout, num_attempts=1, config=config)
     try:
         token = fetcher._fetch_metadata_token()
-    except Exception:
+    except no_imds:
         return None
     if not token:
         return None
@@ -98,7 +102,7 @@ def imds_identity(timeout: float = 1.0) -> Identity | None:
     def get(path: str) -> str | None:
         try:
             r = fetcher._get_request(f"latest/{path}", lambda resp: resp.status_code >= 500, token)
-        except Exception:
+        except no_imds:
             return None
         return r.text.strip() if r.status_code == 200 else None
 
@@ -226,9 +230,9 @@ def _own_interface(r: Reader, who: Identity, unchecked: dict) -> tuple[Interface
     except Unreadable as e:
         unchecked["interface"] = e.reason
     except NotFound as e:
-        raise LookupError(f"{who.eni_id or who.instance_id} not found ({e})") from None
+        raise CannotRun(f"{who.eni_id or who.instance_id} not found ({e})") from None
     if not who.subnet_id:
-        raise LookupError("could not read this host's network interface (no IMDS data, no permission)")
+        raise CannotRun("could not read this host's network interface (no IMDS data, no permission)")
     return Interface(
         who.eni_id, who.subnet_id, who.vpc_id, who.private_ips, who.ipv6s, who.public_ip
     ), who.security_groups

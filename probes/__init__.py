@@ -7,19 +7,17 @@ The public surface is small: build :class:`Target` objects, call :func:`probe`, 
 from __future__ import annotations
 
 from mailpath.probes.classify import Verdict
+from mailpath.probes.errors import PermissionDenied
 from mailpath.probes.result import ProbeResult, Target
 from mailpath.probes.syn import Options
-
-
-class RawUnavailable(Exception):
-    """Raw sockets were required (``method="raw"``) but this process lacks CAP_NET_RAW."""
 
 
 def probe(
     targets: list[Target], *, method: str = "auto", options: Options | None = None, progress=None
 ) -> list[ProbeResult]:
     """Probe every target in one batch. ``method``: ``raw``, ``connect`` or ``auto``
-    (raw when CAP_NET_RAW is held, else connect()). ``progress(done, total)`` is called now
+    (raw when CAP_NET_RAW is held, else connect()); ``raw`` without it raises
+    :class:`PermissionDenied`. ``progress(done, total)`` is called now
     and then during a raw batch."""
     options = options or Options()
     if method in ("auto", "raw"):
@@ -27,12 +25,12 @@ def probe(
             from mailpath.probes.syn import probe_raw
 
             return probe_raw(targets, options, progress)
-        except PermissionError as e:
+        except PermissionDenied:
             if method == "raw":
-                raise RawUnavailable(str(e)) from e
+                raise
     from mailpath.probes.connect import probe_connect
 
     return probe_connect(targets, timeout=options.timeout, retries=options.retries)
 
 
-__all__ = ["Options", "ProbeResult", "RawUnavailable", "Target", "Verdict", "probe"]
+__all__ = ["Options", "ProbeResult", "Target", "Verdict", "probe"]

@@ -10,9 +10,12 @@ Problem codes: ``nxdomain``, ``no-mx`` (RFC 5321 §5.1 implicit MX used), ``null
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import ip_address
 
+from mailpath.probes.errors import DependencyFailed, ResolveError
 from mailpath.probes.problem import Problem
 
 
@@ -123,8 +126,12 @@ def build_route(
 def _resolver(nameservers: list[tuple[str, int]], timeout: float):
     import dns.asyncresolver
     import dns.nameserver
+    import dns.resolver
 
-    resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+    try:
+        resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+    except dns.resolver.NoResolverConfiguration:
+        raise DependencyFailed("no DNS resolver configured here (/etc/resolv.conf)") from None
     if nameservers:
         resolver.nameservers = [dns.nameserver.Do53Nameserver(a, p) for a, p in nameservers]
     resolver.lifetime = timeout
@@ -183,13 +190,45 @@ def lookup_route(domain: str, nameservers: list[tuple[str, int]] = (), timeout: 
     return asyncio.run(lookup_route_async(domain, list(nameservers), timeout))
 
 
-async def resolve_host(
-    host: str, nameservers: list[tuple[str, int]], timeout: float
-) -> tuple[list[str], str]:
-    """A and AAAA addresses of ``host`` through the given nameservers; when there are
-    none, also why ("NXDOMAIN", "no A or AAAA record", "SERVFAIL", "timed out")."""
+def system_addresses(host: str) -> list[str]:
+    """All A and AAAA addresses of ``host`` through the system resolver (/etc/hosts and search
+    domains included), in its order. Raises :class:`ResolveError` saying why there are none."""
+    try:
+        return [str(ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        kind = _GAI_KIND.get(e.errno, "unresolvable")
+        raise ResolveError(host, kind, e.strerror or kind) from None
+    return list(dict.fromkeys(sockaddr[0].split("%")[0] for *_, sockaddr in infos))
+
+
+# getaddrinfo's answers, in the words of DNS (EAI_NODATA is glibc's "no address for this name")
+_GAI_KIND = {
+    socket.EAI_NONAME: "nxdomain",
+    getattr(socket, "EAI_NODATA", -5): "nodata",
+    socket.EAI_AGAIN: "timeout",
+    socket.EAI_FAIL: "servfail",
+}
+
+
+async def resolve_host(host: str, nameservers: list[tuple[str, int]], timeout: float) -> list[str]:
+    """A and AAAA addresses of ``host``: through ``nameservers`` when given (dnspython), else
+    the system resolver. Raises :class:`ResolveError` (nxdomain, nodata, servfail, timeout,
+    unresolvable) when there are none."""
+    if not nameservers:
+        return await asyncio.to_thread(system_addresses, host)
+    try:
+        return [str(ip_address(host))]
+    except ValueError:
+        pass
     a, aaaa = await addresses_of(_resolver(nameservers, timeout), host)
     addresses = [x for outcome in (a, aaaa) if isinstance(outcome, list) for x in outcome]
+    if addresses:
+        return addresses
+    failures = [o for o in (a, aaaa) if isinstance(o, Failure) and o is not Failure.NODATA]
+    kind = failures[0] if failures else Failure.NODATA
     why = {Failure.NXDOMAIN: "NXDOMAIN", Failure.SERVFAIL: "SERVFAIL", Failure.TIMEOUT: "timed out"}
-    reasons = [why[o] for o in (a, aaaa) if isinstance(o, Failure) and o in why]
-    return addresses, reasons[0] if reasons else "no A or AAAA record"
+    raise ResolveError(host, str(kind), why.get(kind, "no A or AAAA record"))

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from mailpath.probes import wire
+from mailpath.probes.errors import NO_RAW, PermissionDenied
 from mailpath.probes.machine import Machine
 
 _HOPLIMIT = struct.Struct("i")
@@ -38,7 +39,7 @@ def _raw(family: int, proto: int, rcvbuf: int) -> socket.socket:
 
 
 class RawNet:
-    """Raw sockets for the families in use. Opening needs CAP_NET_RAW (PermissionError)."""
+    """Raw sockets for the families in use. Opening needs CAP_NET_RAW (else PermissionDenied)."""
 
     def __init__(self, families: set[int], rcvbuf: int = 1 << 24) -> None:
         self._send4 = self._send6 = None
@@ -55,6 +56,9 @@ class RawNet:
                     _raw(socket.AF_INET6, socket.IPPROTO_ICMPV6, rcvbuf), (6, wire.PROTO_ICMPV6)
                 )
                 self._send6 = {wire.PROTO_TCP: tcp6, wire.PROTO_ICMPV6: icmp6}
+        except PermissionError:
+            self.close()
+            raise PermissionDenied(NO_RAW) from None
         except BaseException:
             self.close()
             raise

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from mailpath.probes.problem import Problem
+from mailpath.probes.result import Target
 from mailpath.probes.smtpwire import (
     ProtocolError,
     ReplyReader,
@@ -536,3 +537,21 @@ async def _converse(s: _Session, ctx: ssl.SSLContext) -> None:
         s.problem("timeout", f"stage {last} got no answer within {s.opts.timeout:g} s", last)
         if s.conn:
             s.conn.close()
+
+
+async def check_targets(targets: list[Target], opts: SmtpOptions) -> list[SmtpResult]:
+    """The SMTP check of every (host, address, port), all at once, from the source address the
+    routing table picks for each; results in the order given."""
+    from mailpath.probes.local import route
+
+    sources = {a: route(a) for a in {t.address for t in targets}}
+
+    def source(address: str) -> str:
+        src = sources[address]
+        return src if isinstance(src, str) else ""  # an errno: the connect itself will say it
+
+    return list(
+        await asyncio.gather(
+            *(check_address(t.host, t.address, t.port, opts, source(t.address)) for t in targets)
+        )
+    )

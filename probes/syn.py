@@ -485,7 +485,7 @@ class SynBatch:
 def probe_raw(
     targets: list[Target], options: Options, progress: Callable[[int, int], None] | None = None
 ) -> list[ProbeResult]:
-    """Probe all targets in one raw batch. Raises PermissionError without CAP_NET_RAW."""
+    """Probe all targets in one raw batch. Raises PermissionDenied without CAP_NET_RAW."""
     from mailpath.probes.local import route
     from mailpath.probes.rawsock import RawNet, drive
 

@@ -483,7 +483,7 @@ class TraceResult:
 def trace_raw(
     targets: list[Target], options: TraceOptions, control: str | int | None = "icmp"
 ) -> list[TraceResult]:
-    """Trace every target concurrently over raw sockets. Raises PermissionError without
+    """Trace every target concurrently over raw sockets. Raises PermissionDenied without
     CAP_NET_RAW; an address with no local route comes back as an ``unreachable`` result."""
     from mailpath.probes.machine import Together
     from mailpath.probes.rawsock import RawNet, drive

@@ -38,7 +38,34 @@ class Run:
 
     @property
     def json(self) -> dict:
-        return json.loads(self.stdout)
+        """The --json document, checked against its published schema (agent/schema/)."""
+        doc = json.loads(self.stdout)
+        validate_document(doc)
+        return doc
+
+    @property
+    def items(self) -> list[dict]:
+        """The results of the document, whatever its command (the one list it holds)."""
+        doc = self.json
+        (key,) = [k for k in doc if k not in ("schema", "error")]
+        return doc[key]
+
+    @property
+    def one(self) -> dict:
+        (item,) = self.items
+        return item
+
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "agent" / "schema"
+
+
+def validate_document(doc: dict) -> None:
+    """Validate a command's JSON document against the schema it names (mailpath.<cmd>/v1)."""
+    import jsonschema
+
+    command, version = doc["schema"].removeprefix("mailpath.").split("/")
+    schema = json.loads((SCHEMAS / f"{command}-{version}.json").read_text())
+    jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
 
 
 def mailpath(lab, *args: str, node: str = "client", wrap: tuple[str, ...] = (), timeout: float = 600) -> Run:

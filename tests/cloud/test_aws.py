@@ -309,7 +309,7 @@ def test_cli_discovers_the_instance_through_imdsv2(aws, imds, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url + "/")
     r = run_cli("--dest", PUBLIC, "--port", "587", "--json")
     assert r.returncode == 1, r.stderr
-    d = json.loads(r.stdout)
+    (d,) = json.loads(r.stdout)["evaluations"]
     assert d["provider"] == "aws" and d["instance"]["instance_id"] == w.instance
     assert d["instance"]["source"] == "imds" and d["destination"] == {"address": PUBLIC, "port": 587}
     assert d["verdict"] == "blocked" and d["blockers"][0]["component"] == "security-group"
@@ -353,5 +353,5 @@ def test_cli_off_cloud_and_bad_input(aws):
 
 def test_cli_provider_policy_without_aws(aws):
     r = run_cli("--dest", PUBLIC, "--port", "25", "--provider", "gcp", "--json")
-    d = json.loads(r.stdout)
+    (d,) = json.loads(r.stdout)["evaluations"]
     assert d["provider"] == "gcp" and d["blockers"][0]["code"] == "PROVIDER_PORT_25_BLOCK"

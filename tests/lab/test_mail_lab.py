@@ -34,7 +34,7 @@ def run(mail, *args: str, env: dict | None = None) -> Run:
 def test_mx_records_in_preference_order(mail):
     r = run(mail, "dns", "lab.test", "--json")
     assert r.code == 0, r.stderr
-    d = r.json
+    d = r.one
     assert d["domain"] == "lab.test" and d["problems"] == []
     assert [(x["preference"], x["host"]) for x in d["mx"]] == [(10, "good.lab.test"), (20, "plain.lab.test")]
     assert d["mx"][0]["addresses"] == list(mail.addresses("good"))
@@ -54,20 +54,20 @@ def test_mx_records_in_preference_order(mail):
 def test_dns_problem_codes(mail, domain, code):
     r = run(mail, "dns", domain, "--timeout", "2", "--json")
     assert r.code == 1
-    assert code in [p["code"] for p in r.json["problems"]], r.json
+    assert code in [p["code"] for p in r.one["problems"]], r.json
     if code == "no-mx":
-        assert r.json["mx"][0]["implicit"] and r.json["mx"][0]["addresses"] == list(mail.addresses("good"))
+        assert r.one["mx"][0]["implicit"] and r.one["mx"][0]["addresses"] == list(mail.addresses("good"))
 
 
 @pytest.mark.parametrize("server", ["198.18.3.53", "[2001:db8:3::53]:53"])
 def test_dns_through_a_given_nameserver(mail, server):
     r = run(mail, "dns", "lab.test", "--nameserver", server, "--json")
-    assert r.code == 0 and len(r.json["mx"]) == 2
+    assert r.code == 0 and len(r.one["mx"]) == 2
 
 
 def test_dns_timeout_from_a_dead_nameserver(mail):
     r = run(mail, "dns", "lab.test", "--nameserver", "198.18.3.54", "--timeout", "1.5", "--json")
-    assert [p["code"] for p in r.json["problems"]] == ["dns-timeout"]
+    assert [p["code"] for p in r.one["problems"]] == ["dns-timeout"]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_smtp_problem_codes(mail, case, family):
         *extra,
         env=env,
     )
-    d = r.json
+    d = r.one
     assert sorted(p["code"] for p in d["problems"]) == sorted(codes), d["problems"]
     assert r.code == (1 if codes else 0)
     assert d["address"] == mail.addresses(host)[family == 6] and d["port"] == port
@@ -185,7 +185,7 @@ def test_smtp_problem_codes(mail, case, family):
 
 def test_system_trust_does_not_know_the_lab_ca(mail):
     r = run(mail, "smtp", "good.lab.test", "-p", "465", "-4", "--json")
-    assert [p["code"] for p in r.json["problems"]] == ["cert-untrusted"]
+    assert [p["code"] for p in r.one["problems"]] == ["cert-untrusted"]
 
 
 def test_server_name_overrides_the_name_checked(mail):
@@ -202,7 +202,7 @@ def test_server_name_overrides_the_name_checked(mail):
         "other.example",
         "--json",
     )
-    assert r.code == 0 and r.json["problems"] == []
+    assert r.code == 0 and r.one["problems"] == []
 
 
 def test_every_address_and_port_of_a_name(mail):
@@ -218,7 +218,7 @@ def test_every_address_and_port_of_a_name(mail):
         "--nameserver",
         "198.18.3.53",
     )
-    sessions = r.json  # several sessions: a list
+    sessions = r.items
     assert sorted((s["address"], s["port"]) for s in sessions) == sorted(
         (a, p) for a in mail.addresses("good") for p in (25, 587)
     )

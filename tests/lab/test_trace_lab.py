@@ -35,7 +35,7 @@ def test_trace_locates_the_fault(faults, case, family):
     address = lab.server4 if family == 4 else f"[{lab.server6}]"
     run = mailpath(lab, "trace", f"{address}:{port}", "--json")
     assert run.code == (0 if verdict == "open" else 1), run.stderr
-    t = run.json
+    t = run.one
     assert set(t) >= {
         "host",
         "address",
@@ -69,7 +69,7 @@ def test_a_path_silent_for_everything_is_not_blamed_on_the_port(faults):
     lab = faults
     lab.route("r2", "blackhole", dest=f"{lab.server4}/32")
     run = mailpath(lab, "trace", lab.server4, "-p", "25", "--json")
-    t = run.json
+    t = run.one
     # r2 looks the route up before it checks the TTL: a blackhole route swallows even the
     # probes that expire there, so the path goes silent after hop 1, for the control too.
     assert t["verdict"] == "filtered" and t["drop_after_hop"] == 1
@@ -85,7 +85,7 @@ def test_trace_respects_its_bound(faults):
         lab, "trace", lab.server4, "--max-hops", "5", "--timeout", "0.5", "--min-wait", "1", "--json"
     )
     elapsed = time.monotonic() - start
-    t = run.json
+    t = run.one
     assert t["verdict"] == "filtered" and t["drop_after_hop"] == 0
     assert elapsed < 0.5 * (5 + 2) + 1 + 2 + 2  # time_limit plus process start-up
 

@@ -1,0 +1,224 @@
+"""What every command shares: the app, common options, the JSON envelope, and the one place
+where errors become a message and an exit code.
+
+Exit codes (part of the contract): 0 no problem found, 1 a problem was found, 2 usage or
+configuration error, 3 could not run. Under ``--json`` every outcome, an error included, is one
+JSON object on stdout (see :mod:`mailpath.agent.documents`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Annotated, NoReturn
+
+import typer
+from mailpath.agent import __version__
+from mailpath.agent.documents import envelope
+from mailpath.probes.errors import InputError, MailpathError
+
+OK, PROBLEM, USAGE, CANNOT_RUN = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="mailpath",
+    help="Find out why mail cannot leave this host: what is wrong, and where on the path.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def exit_code(error: MailpathError) -> int:
+    """The one mapping from the error tree to exit codes: bad input 2, everything else 3."""
+    return USAGE if isinstance(error, InputError) else CANNOT_RUN
+
+
+class Method(StrEnum):
+    auto = "auto"
+    raw = "raw"
+    connect = "connect"
+
+
+PortsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-p",
+        "--port",
+        help="Ports for targets given without one: 25,465,587 or 30000-30100 "
+        "(repeatable). Default 25,465,587.",
+    ),
+]
+TimeoutOpt = Annotated[float, typer.Option(min=0.01, max=120, help="Seconds to wait for each try.")]
+RetriesOpt = Annotated[int, typer.Option(min=0, max=20, help="Tries after the first.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+NameserverOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--nameserver",
+        help="Ask this DNS server (ADDR, ADDR:PORT, [IPv6]:PORT; repeatable) "
+        "instead of the system's resolver.",
+    ),
+]
+Ipv4Opt = Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")]
+Ipv6Opt = Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")]
+CaFileOpt = Annotated[str | None, typer.Option(help="Trust the CAs in this PEM file for SMTP TLS.")]
+UserOpt = Annotated[str | None, typer.Option(help="Test AUTH as this user.")]
+PasswordEnvOpt = Annotated[str | None, typer.Option(help="Environment variable holding the password.")]
+PasswordFileOpt = Annotated[str | None, typer.Option(help="File holding the password.")]
+ProviderOpt = Annotated[str | None, typer.Option(help="aws, gcp or azure, instead of detecting it.")]
+
+
+def command(name: str) -> Callable:
+    """Register a command whose body returns nothing but raises: a :class:`MailpathError`
+    becomes one line on stderr (or, under --json, one error object on stdout) and its exit code."""
+
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except MailpathError as e:
+                fail(name, e, json_out=kwargs.get("json_out", False))
+
+        return app.command(name)(run)
+
+    return register
+
+
+def fail(name: str, error: MailpathError, json_out: bool) -> NoReturn:
+    if json_out:
+        print(json.dumps(envelope(name, [], error={"code": error.code, "message": str(error)}), indent=2))
+    else:
+        print(f"mailpath: error: {error}", file=sys.stderr)
+    raise typer.Exit(exit_code(error))
+
+
+def finish(
+    name: str, json_out: bool, items: list, to_json: Callable, show: Callable, problem: bool
+) -> NoReturn:
+    """The tail of every command: the JSON document or the human report, then the exit code."""
+    if json_out:
+        print(json.dumps(envelope(name, [to_json(x) for x in items]), indent=2))
+    else:
+        show(items)
+    raise typer.Exit(PROBLEM if problem else OK)
+
+
+@contextlib.contextmanager
+def progress(what: str, total: int):
+    """A progress bar on stderr for long runs, when stderr is a terminal; else nothing."""
+    if total < 100 or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done, _total: bar.update(task, completed=done)
+
+
+def one_family(items: list, ipv4: bool, ipv6: bool, host: str, family_of: Callable) -> list:
+    """Keep one address family when exactly one of -4/-6 was given."""
+    if ipv4 == ipv6:
+        return items
+    want = 4 if ipv4 else 6
+    kept = [x for x in items if family_of(x) == want]
+    if not kept:
+        raise InputError(f"{host!r} has no IPv{want} address")
+    return kept
+
+
+def family(ipv4: bool, ipv6: bool) -> int | None:
+    return (4 if ipv4 else 6) if ipv4 != ipv6 else None
+
+
+def password(env: str | None, file: str | None, user: str | None) -> str | None:
+    """The AUTH password, from an environment variable or a file; never from the command line."""
+    if env and file:
+        raise InputError("give --password-env or --password-file, not both")
+    secret = None
+    if env:
+        if env not in os.environ:
+            raise InputError(f"environment variable {env!r} (--password-env) is not set")
+        secret = os.environ[env]
+    elif file:
+        try:
+            with open(file) as f:
+                secret = f.read().rstrip("\r\n")
+        except OSError as e:
+            raise InputError(f"cannot read --password-file {file!r}: {e.strerror}") from None
+    if user and secret is None:
+        raise InputError("--user needs --password-env or --password-file")
+    return secret
+
+
+def readable(path: str | None, option: str) -> str | None:
+    if path and not os.path.isfile(path):
+        raise InputError(f"cannot read {option} {path!r}")
+    return path
+
+
+def choice(value: str | None, allowed: Iterable[str | None], option: str) -> str | None:
+    if value not in allowed:
+        raise InputError(f"invalid {option} {value!r}: expected {', '.join(a for a in allowed if a)}")
+    return value
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mailpath {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _command_name(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main() -> None:
+    """Entry point: usage errors (click's, ours) become one line on stderr, or one JSON error
+    object under --json, with exit 2. Errors are recognised by shape, not class: typer vendors
+    click under a private name."""
+    argv = sys.argv[1:]
+    try:
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as e:
+        message, exit_ = getattr(e, "format_message", None), getattr(e, "exit_code", None)
+        if type(e).__name__ == "Abort":
+            code = 130
+        elif type(e).__name__ == "NoArgsIsHelpError":
+            print(message(), file=sys.stderr)
+            code = USAGE
+        elif callable(message) and isinstance(exit_, int):
+            text = " ".join(message().split())
+            name = _command_name(argv)
+            if "--json" in argv and name:
+                print(json.dumps(envelope(name, [], error={"code": "usage", "message": text}), indent=2))
+            else:
+                print(f"mailpath: error: {text}", file=sys.stderr)
+            code = exit_
+        elif os.environ.get("MAILPATH_DEBUG"):
+            raise
+        else:  # a bug: one line; the traceback only when asked for
+            print(
+                f"mailpath: internal error: {type(e).__name__}: {e} (MAILPATH_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            code = CANNOT_RUN
+    sys.exit(code or 0)

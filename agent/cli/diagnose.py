@@ -1,0 +1,110 @@
+"""``mailpath diagnose``: one finding per target and port, from every check together."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from mailpath.agent.cli.common import (
+    CaFileOpt,
+    Ipv4Opt,
+    Ipv6Opt,
+    JsonOpt,
+    Method,
+    NameserverOpt,
+    PasswordEnvOpt,
+    PasswordFileOpt,
+    PortsOpt,
+    ProviderOpt,
+    RetriesOpt,
+    TimeoutOpt,
+    UserOpt,
+    choice,
+    command,
+    family,
+    finish,
+    password,
+    readable,
+)
+
+
+@command("diagnose")
+def diagnose(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="TARGET", help="A mail domain (its MX hosts are followed), a host name or an address."
+        ),
+    ],
+    port: PortsOpt = None,
+    timeout: TimeoutOpt = 1.0,
+    retries: RetriesOpt = 2,
+    method: Annotated[Method, typer.Option(help="raw, connect, or auto.")] = Method.auto,
+    mx: Annotated[bool, typer.Option("--mx/--no-mx", help="Follow the MX records of TARGET.")] = True,
+    nameserver: NameserverOpt = None,
+    ipv4: Ipv4Opt = False,
+    ipv6: Ipv6Opt = False,
+    cloud_check: Annotated[
+        bool | None,
+        typer.Option("--cloud/--no-cloud", help="Run the cloud check (default: when on a cloud host)."),
+    ] = None,
+    instance_id: Annotated[str | None, typer.Option(help="EC2 instance (off EC2).")] = None,
+    eni: Annotated[str | None, typer.Option(help="EC2 network interface (off EC2).")] = None,
+    region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
+    provider: ProviderOpt = None,
+    ca_file: CaFileOpt = None,
+    user: UserOpt = None,
+    password_env: PasswordEnvOpt = None,
+    password_file: PasswordFileOpt = None,
+    smtp_timeout: Annotated[
+        float, typer.Option(min=0.1, max=300, help="Seconds for each SMTP stage.")
+    ] = 10.0,
+    min_wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=60,
+            help="Least seconds to wait for a late host-unreachable before calling a port filtered.",
+        ),
+    ] = 3.5,
+    json_out: JsonOpt = False,
+) -> None:
+    """Why mail does not go out, and where: one finding per target and port.
+
+    Resolves TARGET, probes every address and port, traces what is not open, checks
+    SMTP/TLS/AUTH on what is, and reads the cloud configuration when on a cloud host."""
+    from mailpath.agent.diagnose import DiagnoseOptions
+    from mailpath.agent.diagnose import diagnose as run_diagnose
+    from mailpath.agent.render import print_findings
+    from mailpath.agent.targets import parse_nameserver, parse_ports, parse_target
+    from mailpath.cloud.check import CloudOptions
+
+    choice(provider, (None, "aws", "gcp", "azure"), "--provider")
+    host, given_port = parse_target(target)
+    cloud = None
+    if cloud_check is not False:
+        cloud = CloudOptions(
+            provider=provider or "auto",
+            instance_id=instance_id,
+            eni=eni,
+            region=region,
+            required=bool(cloud_check or instance_id or eni),
+        )
+    opts = DiagnoseOptions(
+        ports=[given_port] if given_port else (parse_ports(port or []) or [25, 465, 587]),
+        method=method.value,
+        timeout=timeout,
+        retries=retries,
+        min_wait=min_wait,
+        smtp_timeout=smtp_timeout,
+        follow_mx=mx,
+        nameservers=[parse_nameserver(n) for n in nameserver or []],
+        family=family(ipv4, ipv6),
+        cloud=cloud,
+        ca_file=readable(ca_file, "--ca-file"),
+        user=user,
+        password=password(password_env, password_file, user),
+    )
+    found = run_diagnose(host, opts)
+    problem = not all(f.cause == "none" for f in found)
+    finish("diagnose", json_out, found, lambda f: f.to_json_dict(), print_findings, problem)
