@@ -43,7 +43,7 @@ def main() -> int:
         together = {(a["address"], f["port"]): a["verdict"] for f in found for a in f["addresses"]}
 
         start = time.monotonic()
-        route = _run(lab, "dns", "lab.test")
+        (route,) = _run(lab, "dns", "lab.test")["routes"]
         targets = [(x["host"], a) for x in route["mx"] for a in x["addresses"]]
         probed = _run(lab, "probe", *[f"[{a}]" if ":" in a else a for _, a in targets], "-p", PORTS, *COMMON)
         separate = {}

@@ -54,7 +54,7 @@ def main() -> int:
                 lab.block(node, port, action, family=4)
         for port, (name, _, _) in FAULTS.items():
             out, mp = _measured(lab, [MAILPATH, "trace", lab.server4, "-p", str(port), "--json"])
-            mine = mailpath_last_hop(json.loads(out))
+            mine = mailpath_last_hop(json.loads(out)["traces"][0])
             out, tr = _measured(lab, ["traceroute", "-T", "-n", "-p", str(port), lab.server4])
             theirs = traceroute_last_hop(out)
             same = (mine and mine[1]) == (theirs and theirs[1])
