@@ -124,98 +124,114 @@ def rule_local(o: Observation) -> Diagnosis:
     )
 
 
+# what rule_open says, apart from how it decides: the remediation for each outcome
+SERVICE_FIX = (
+    "The port is open but the SMTP service on {address}:{port} does not work ({code}): "
+    "check the mail server's logs, its load and its client restrictions (e.g. "
+    "postscreen, greylisting, reject rules for this host)"
+)
+
+
+@dataclass(frozen=True)
+class _TlsModeText:
+    """What to say when the port speaks one TLS mode and the client expected the other."""
+
+    speaks: str  # the summary's "the port speaks ..."
+    fix: str  # the client's fix on {port}, then {other}: the way out through the other mode
+    other_port: int  # the port the other mode belongs on
+    use_other: str  # {other} on any other port: move there
+    fix_server: str  # {other} on other_port itself: there the server is the one that is wrong
+
+
+TLS_MISMATCH_TEXTS = {
+    "implicit": _TlsModeText(
+        "implicit TLS",
+        "Port {port} speaks implicit TLS (SMTPS): configure the client for TLS on connect "
+        "(SslOnConnect / SMTP_SSL) on {port}, {other}",
+        587,
+        "or use STARTTLS on 587",
+        "or fix the server: 587 should offer STARTTLS",
+    ),
+    "plaintext": _TlsModeText(
+        "plaintext SMTP/STARTTLS",
+        "Port {port} speaks plaintext SMTP: configure the client for STARTTLS on {port} (not TLS on "
+        "connect), {other}",
+        465,
+        "or use implicit TLS on 465",
+        "or fix the server: 465 should speak implicit TLS",
+    ),
+}
+TLS_FIXES = {  # every TLS code but tls-mismatch (TLS_MISMATCH_TEXTS)
+    "cert-untrusted": "Install a certificate from a CA the clients trust on {target}, or add its CA "
+    "to the client's trust store",
+    "cert-name-mismatch": "Use a certificate that names {target} (or connect by a name it has)",
+    "cert-expired": "Renew the certificate of {target}",
+    "starttls-missing": "Enable STARTTLS on {target}:{port} (submission requires it), or use 465",
+    "starttls-failed": "Fix TLS on {target}:{port}: STARTTLS is offered but refused",
+    "tls-handshake-failed": "Fix TLS on {target}:{port}: the handshake fails (protocols, ciphers, "
+    "certificate chain)",
+}
+AUTH_FIXES = {
+    "auth-failed": "Check the user name and password the application uses",
+    "auth-unsupported": "The server offers no usable AUTH on {port}: use the submission port (587/465) "
+    "or enable AUTH",
+}
+AUTH_IN_CLEAR_FIX = "Require TLS before AUTH on {target}:{port}, and configure clients for STARTTLS"
+
+
+def _tls_mismatch_fix(mode: str, port: int) -> str:
+    """The client's fix when ``port`` speaks ``mode`` (implicit | plaintext) and it expected the other."""
+    t = TLS_MISMATCH_TEXTS[mode]
+    return t.fix.format(port=port, other=t.fix_server if port == t.other_port else t.use_other)
+
+
+def _accepts_summary(s: SmtpResult) -> str:
+    """ "accepts mail (starttls, TLSv1.3)"; "no TLS" when the session had none."""
+    mode = s.tls_mode if s.tls_mode != "none" else "no TLS"
+    return f"accepts mail ({mode}{', ' + s.tls['version'] if s.tls else ''})"
+
+
+def _smtp_facts(o: Observation, s: SmtpResult) -> list[Evidence]:
+    """One fact per problem of the SMTP session, referenced by the stage that met it."""
+    return [
+        Evidence(
+            source="smtp", ref=_ref(o, "smtp", f"/{p.stage or 'session'}"), fact=f"{p.code}: {p.message}"
+        )
+        for p in s.problems
+    ]
+
+
+def _among(codes: list[str], kind: tuple[str, ...]) -> list[str]:
+    """The codes of one kind, in the order the session met them."""
+    return [c for c in codes if c in kind]
+
+
 def rule_open(o: Observation, target: str) -> Diagnosis:
     """A SYN-ACK came back: the SMTP conversation decides."""
-    s = o.smtp
-    port = o.probe.port
+    s, port = o.smtp, o.probe.port
+    where = Location(kind="destination", address=o.address)
     ev = [_probe_fact(o)]
     if s is None:
-        return Diagnosis("none", "open", Location(kind="destination", address=o.address), ev, severity="info")
+        return Diagnosis("none", "open", where, ev, severity="info")
+    ev += _smtp_facts(o, s)
     codes = [p.code for p in s.problems]
-    for p in s.problems:
-        ev.append(
-            Evidence(
-                source="smtp", ref=_ref(o, "smtp", f"/{p.stage or 'session'}"), fact=f"{p.code}: {p.message}"
-            )
-        )
-    where = Location(kind="destination", address=o.address)
-    if any(c in SERVICE_CODES for c in codes):
-        code = next(c for c in codes if c in SERVICE_CODES)
-        return Diagnosis(
-            "service",
-            f"SMTP service fails ({code})",
-            where,
-            ev,
-            [
-                f"The port is open but the SMTP service on {o.address}:{port} does not work ({code}): "
-                "check the mail server's logs, its load and its client restrictions (e.g. "
-                "postscreen, greylisting, reject rules for this host)"
-            ],
-        )
+    if service := _among(codes, SERVICE_CODES):
+        fix = SERVICE_FIX.format(address=o.address, port=port, code=service[0])
+        return Diagnosis("service", f"SMTP service fails ({service[0]})", where, ev, [fix])
     if "tls-mismatch" in codes:
-        implicit = s.tls_mode == "implicit"
-        if implicit:
-            other = (
-                "or use STARTTLS on 587" if port != 587 else "or fix the server: 587 should offer STARTTLS"
-            )
-            fix = (
-                f"Port {port} speaks implicit TLS (SMTPS): configure the client for TLS on connect "
-                f"(SslOnConnect / SMTP_SSL) on {port}, {other}"
-            )
-        else:
-            other = (
-                "or use implicit TLS on 465"
-                if port != 465
-                else "or fix the server: 465 should speak implicit TLS"
-            )
-            fix = (
-                f"Port {port} speaks plaintext SMTP: configure the client for STARTTLS on {port} (not TLS on "
-                f"connect), {other}"
-            )
-        kind = "implicit TLS" if implicit else "plaintext SMTP/STARTTLS"
-        return Diagnosis("tls", f"TLS mode mismatch: the port speaks {kind}", where, ev, [fix])
-    tls = [c for c in codes if c in TLS_CODES]
-    if tls:
-        steps = {
-            "cert-untrusted": f"Install a certificate from a CA the clients trust on {target}, or add its CA "
-            "to the client's trust store",
-            "cert-name-mismatch": f"Use a certificate that names {target} (or connect by a name it has)",
-            "cert-expired": f"Renew the certificate of {target}",
-            "starttls-missing": f"Enable STARTTLS on {target}:{port} (submission requires it), or use 465",
-            "starttls-failed": f"Fix TLS on {target}:{port}: STARTTLS is offered but refused",
-            "tls-handshake-failed": f"Fix TLS on {target}:{port}: the handshake fails (protocols, ciphers, "
-            "certificate chain)",
-        }
-        return Diagnosis(
-            "tls", f"TLS problem ({', '.join(tls)})", where, ev, [steps[c] for c in tls if c in steps]
-        )
-    auth = [c for c in codes if c in AUTH_CODES]
-    if auth:
-        return Diagnosis(
-            "auth",
-            f"AUTH fails ({', '.join(auth)})",
-            where,
-            ev,
-            [
-                "Check the user name and password the application uses"
-                if "auth-failed" in auth
-                else f"The server offers no usable AUTH on {port}: use the submission port (587/465) "
-                "or enable AUTH"
-            ],
-        )
+        mode = "implicit" if s.tls_mode == "implicit" else "plaintext"
+        summary = f"TLS mode mismatch: the port speaks {TLS_MISMATCH_TEXTS[mode].speaks}"
+        return Diagnosis("tls", summary, where, ev, [_tls_mismatch_fix(mode, port)])
+    if tls := _among(codes, TLS_CODES):
+        fixes = [TLS_FIXES[c].format(target=target, port=port) for c in tls]
+        return Diagnosis("tls", f"TLS problem ({', '.join(tls)})", where, ev, fixes)
+    if auth := _among(codes, AUTH_CODES):
+        fix = AUTH_FIXES["auth-failed" if "auth-failed" in auth else "auth-unsupported"].format(port=port)
+        return Diagnosis("auth", f"AUTH fails ({', '.join(auth)})", where, ev, [fix])
     if "auth-in-clear" in codes:
-        return Diagnosis(
-            "tls",
-            "AUTH is offered before TLS",
-            where,
-            ev,
-            [f"Require TLS before AUTH on {target}:{port}, and configure clients for STARTTLS"],
-            severity="warning",
-        )
-    mode = s.tls_mode if s.tls_mode != "none" else "no TLS"
-    return Diagnosis(
-        "none", f"accepts mail ({mode}{', ' + s.tls['version'] if s.tls else ''})", where, ev, severity="info"
-    )
+        fix = AUTH_IN_CLEAR_FIX.format(target=target, port=port)
+        return Diagnosis("tls", "AUTH is offered before TLS", where, ev, [fix], severity="warning")
+    return Diagnosis("none", _accepts_summary(s), where, ev, severity="info")
 
 
 def rule_refused(o: Observation) -> Diagnosis:

@@ -293,14 +293,19 @@ class Evaluation:
         }
 
 
-def evaluate(ctx: Context, destination: str, port: int) -> Evaluation:
-    dest = ip_address(destination)
-    src = ctx.source
-    blockers: list[Blocker] = []
-    checked: list[dict] = []
+# -- one check per component, in the order the flow meets them -----------------------------
 
-    def check(component: str, direction: str, id_: str | None, ok: bool | None, detail: str) -> None:
-        checked.append(
+
+@dataclass
+class _Findings:
+    """What the checks of :func:`evaluate` found: each component looked at, and what blocks."""
+
+    checked: list[dict] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+
+    def check(self, component: str, direction: str, id_: str | None, ok: bool | None, detail: str) -> None:
+        """Record one component looked at; ``ok`` is None when it could not be read."""
+        self.checked.append(
             {
                 "component": component,
                 "direction": direction,
@@ -310,222 +315,274 @@ def evaluate(ctx: Context, destination: str, port: int) -> Evaluation:
             }
         )
 
-    source_ip = _source_address(src, dest)
-    in_vpc = any(_in_cidr(dest, c) for c in ctx.vpc_cidrs)
 
-    # 1. security groups of our interface (stateful: the return is implied)
-    if src.groups is None:
-        check("security-group", "egress", None, None, _unread(ctx, "security-group"))
-    else:
-        ids = ",".join(g["GroupId"] for g in src.groups) or None
-        allowed = security_groups(src.groups, dest, port, ctx, egress=True)
-        check("security-group", "egress", ids, allowed is not None, allowed or "no egress rule matches")
-        if allowed is None:
-            empty = all(not g.get("IpPermissionsEgress") for g in src.groups)
-            blockers.append(
-                Blocker(
-                    "security-group",
-                    "egress",
-                    ids,
-                    None,
-                    "SG_HAS_NO_RULES" if empty else "ENI_SG_RULES_MISMATCH",
-                    f"no egress rule of {ids or 'the interface (no groups)'} allows TCP {port} to {dest}"
-                    + (" (the groups have no egress rules at all)" if empty else ""),
-                )
-            )
-
-    # 2. our subnet's network ACL, both ways (stateless); within one subnet no ACL applies
+def _same_subnet(ctx: Context) -> bool:
+    """Whether the destination is an interface in our own subnet, where no network ACL applies."""
     d = ctx.destination
-    same_subnet = d is not None and d.subnet_id is not None and d.subnet_id == src.subnet_id
-    if same_subnet:
-        check(
+    return d is not None and d.subnet_id is not None and d.subnet_id == ctx.source.subnet_id
+
+
+def _check_security_groups(ctx: Context, dest: Address, port: int, found: _Findings) -> None:
+    """Our interface's security groups let the connection out (stateful: the replies follow)."""
+    src = ctx.source
+    if src.groups is None:
+        found.check("security-group", "egress", None, None, _unread(ctx, "security-group"))
+        return
+    ids = ",".join(g["GroupId"] for g in src.groups) or None
+    allowed = security_groups(src.groups, dest, port, ctx, egress=True)
+    found.check("security-group", "egress", ids, allowed is not None, allowed or "no egress rule matches")
+    if allowed is None:
+        empty = all(not g.get("IpPermissionsEgress") for g in src.groups)
+        found.blockers.append(
+            Blocker(
+                "security-group",
+                "egress",
+                ids,
+                None,
+                "SG_HAS_NO_RULES" if empty else "ENI_SG_RULES_MISMATCH",
+                f"no egress rule of {ids or 'the interface (no groups)'} allows TCP {port} to {dest}"
+                + (" (the groups have no egress rules at all)" if empty else ""),
+            )
+        )
+
+
+def _check_acl_egress(ctx: Context, dest: Address, port: int, found: _Findings) -> None:
+    """Our subnet's network ACL lets the connection out (within one subnet no ACL applies)."""
+    src = ctx.source
+    if _same_subnet(ctx):
+        found.check(
             "network-acl",
             "egress",
             None,
             True,
             f"{dest} is in this subnet ({src.subnet_id}): ACLs do not apply",
         )
-    elif src.nacl is None:
-        check("network-acl", "egress", None, None, _unread(ctx, "network-acl"))
-    else:
-        acl = src.nacl.get("NetworkAclId")
-        e = nacl_decision(src.nacl, True, dest, port)
-        ok = e["RuleAction"] == "allow"
-        check(
-            "network-acl", "egress", acl, ok, f"rule {_rule_name(e)} {e['RuleAction']}s TCP {port} to {dest}"
+        return
+    if src.nacl is None:
+        found.check("network-acl", "egress", None, None, _unread(ctx, "network-acl"))
+        return
+    acl = src.nacl.get("NetworkAclId")
+    e = nacl_decision(src.nacl, True, dest, port)
+    ok = e["RuleAction"] == "allow"
+    found.check(
+        "network-acl", "egress", acl, ok, f"rule {_rule_name(e)} {e['RuleAction']}s TCP {port} to {dest}"
+    )
+    if not ok:
+        found.blockers.append(
+            Blocker(
+                "network-acl",
+                "egress",
+                acl,
+                _rule_name(e),
+                "SUBNET_ACL_RESTRICTION",
+                f"{acl} rule {_rule_name(e)} denies outbound TCP {port} to {dest}",
+            )
         )
-        if not ok:
-            blockers.append(
-                Blocker(
-                    "network-acl",
-                    "egress",
-                    acl,
-                    _rule_name(e),
-                    "SUBNET_ACL_RESTRICTION",
-                    f"{acl} rule {_rule_name(e)} denies outbound TCP {port} to {dest}",
-                )
-            )
-        lo, hi = ctx.ephemeral
-        denied = nacl_denied_ranges(src.nacl, False, dest, lo, hi)
-        check(
-            "network-acl",
-            "ingress",
-            acl,
-            not denied,
-            f"return traffic from {dest} port {port} to ports {lo}-{hi}: "
-            + (
-                "allowed"
-                if not denied
-                else ", ".join(f"{a}-{b} denied by rule {_rule_name(x)}" for a, b, x in denied)
-            ),
-        )
-        if denied:
-            wide = nacl_denied_ranges(src.nacl, False, dest, 1024, 65535)
-            parts = ", ".join(f"{a}-{b} (rule {_rule_name(x)})" for a, b, x in wide)
-            every = "every" if denied == [(lo, hi, denied[0][2])] else "some"
-            blockers.append(
-                Blocker(
-                    "network-acl",
-                    "ingress",
-                    acl,
-                    _rule_name(denied[0][2]),
-                    "SUBNET_ACL_RESTRICTION",
-                    f"{acl} lets TCP {port} out but denies the replies from {dest} to ephemeral ports "
-                    f"{parts}; this host uses {lo}-{hi}, so {every} connection fails (ACLs do not "
-                    "track connections: an inbound rule must allow the replies)",
-                )
-            )
 
-    # 3. our route table
-    if src.route_table is None:
-        check("route-table", "egress", None, None, _unread(ctx, "route-table"))
-    else:
-        rtb = src.route_table.get("RouteTableId")
-        found = longest_prefix_route(src.route_table, dest, ctx.prefix_lists)
-        if found is None:
-            check("route-table", "egress", rtb, False, f"no route matches {dest}")
-            blockers.append(
-                Blocker(
-                    "route-table",
-                    "egress",
-                    rtb,
-                    None,
-                    "NO_ROUTE_TO_DESTINATION",
-                    f"{rtb} has no route to {dest}"
-                    + ("" if dest.version == 4 else " (no IPv6 default route ::/0)"),
-                )
-            )
-        else:
-            route, cidr = found
-            target = _target(route)
-            state = route.get("State", "active")
-            check("route-table", "egress", rtb, state != "blackhole", f"{cidr} via {target} ({state})")
-            if state == "blackhole":
-                blockers.append(
-                    Blocker(
-                        "route-table",
-                        "egress",
-                        rtb,
-                        cidr,
-                        "ROUTE_BLACKHOLE",
-                        f"{rtb} sends {dest} by {cidr} to {target}, which no longer exists (blackhole)",
-                    )
-                )
-            elif target.startswith("igw-"):
-                gw = ctx.gateways.get(target)
-                if gw is not None and not any(
-                    a.get("State") in ("available", "attached") for a in gw.get("Attachments", [])
-                ):
-                    blockers.append(
-                        Blocker(
-                            "internet-gateway",
-                            "egress",
-                            target,
-                            None,
-                            "IGW_NOT_ATTACHED",
-                            f"{target} is not attached to the VPC",
-                        )
-                    )
-                if dest.version == 4 and not src.public_ip:
-                    blockers.append(
-                        Blocker(
-                            "internet-gateway",
-                            "egress",
-                            target,
-                            None,
-                            "IGW_PUBLIC_IP_ASSOCIATION_FOR_EGRESS",
-                            f"{src.id or 'the interface'} has no public IPv4 address, so {target} cannot "
-                            f"carry its traffic to {dest} (add an Elastic IP, or route via a NAT gateway)",
-                        )
-                    )
-                check(
-                    "internet-gateway",
-                    "egress",
-                    target,
-                    dest.version == 6 or bool(src.public_ip),
-                    f"public IPv4: {src.public_ip or 'none'}",
-                )
 
-    # 4. the destination's own interface, when it is ours to read
-    if d is not None and source_ip is not None:
-        if d.groups is not None:
-            ids = ",".join(g["GroupId"] for g in d.groups)
-            allowed = security_groups(d.groups, source_ip, port, ctx, egress=False)
-            check("security-group", "ingress", ids, allowed is not None, allowed or "no ingress rule matches")
-            if allowed is None:
-                blockers.append(
-                    Blocker(
-                        "security-group",
-                        "ingress",
-                        ids,
-                        None,
-                        "ENI_SG_RULES_MISMATCH",
-                        f"no ingress rule of {ids} (on {d.id}) allows TCP {port} from {source_ip}",
-                    )
-                )
-        if d.nacl is not None and not same_subnet:
-            acl = d.nacl["NetworkAclId"]
-            e = nacl_decision(d.nacl, False, source_ip, port)
-            ok = e["RuleAction"] == "allow"
-            check(
+def _check_acl_return(ctx: Context, dest: Address, port: int, found: _Findings) -> None:
+    """Our subnet's network ACL lets the replies in to every ephemeral port this host uses (ACLs
+    are stateless); nothing to add where :func:`_check_acl_egress` found no ACL to apply or read."""
+    src = ctx.source
+    if _same_subnet(ctx) or src.nacl is None:
+        return
+    acl = src.nacl.get("NetworkAclId")
+    lo, hi = ctx.ephemeral
+    denied = nacl_denied_ranges(src.nacl, False, dest, lo, hi)
+    found.check(
+        "network-acl",
+        "ingress",
+        acl,
+        not denied,
+        f"return traffic from {dest} port {port} to ports {lo}-{hi}: "
+        + (
+            "allowed"
+            if not denied
+            else ", ".join(f"{a}-{b} denied by rule {_rule_name(x)}" for a, b, x in denied)
+        ),
+    )
+    if denied:
+        wide = nacl_denied_ranges(src.nacl, False, dest, 1024, 65535)
+        parts = ", ".join(f"{a}-{b} (rule {_rule_name(x)})" for a, b, x in wide)
+        every = "every" if denied == [(lo, hi, denied[0][2])] else "some"
+        found.blockers.append(
+            Blocker(
                 "network-acl",
                 "ingress",
                 acl,
-                ok,
-                f"rule {_rule_name(e)} {e['RuleAction']}s TCP {port} from {source_ip} into {d.subnet_id}",
+                _rule_name(denied[0][2]),
+                "SUBNET_ACL_RESTRICTION",
+                f"{acl} lets TCP {port} out but denies the replies from {dest} to ephemeral ports "
+                f"{parts}; this host uses {lo}-{hi}, so {every} connection fails (ACLs do not "
+                "track connections: an inbound rule must allow the replies)",
             )
-            if not ok:
-                blockers.append(
-                    Blocker(
-                        "network-acl",
-                        "ingress",
-                        acl,
-                        _rule_name(e),
-                        "SUBNET_ACL_RESTRICTION",
-                        f"{acl} rule {_rule_name(e)} denies TCP {port} from {source_ip} into the "
-                        f"destination's subnet {d.subnet_id}",
-                    )
-                )
-            lo, hi = ctx.ephemeral
-            denied = nacl_denied_ranges(d.nacl, True, source_ip, lo, hi)
-            if denied:
-                blockers.append(
-                    Blocker(
-                        "network-acl",
-                        "egress",
-                        acl,
-                        _rule_name(denied[0][2]),
-                        "SUBNET_ACL_RESTRICTION",
-                        f"{acl} (destination subnet) denies the replies to {source_ip} ports "
-                        + ", ".join(f"{a}-{b}" for a, b, _ in denied),
-                    )
-                )
+        )
 
-    # 5. the provider's own policy, invisible to the API
+
+def _check_route_table(ctx: Context, dest: Address, found: _Findings) -> str | None:
+    """Our route table has a live route to ``dest``; returns that route's target (None when the
+    table is unread, has no route, or the route is a blackhole)."""
+    src = ctx.source
+    if src.route_table is None:
+        found.check("route-table", "egress", None, None, _unread(ctx, "route-table"))
+        return None
+    rtb = src.route_table.get("RouteTableId")
+    hit = longest_prefix_route(src.route_table, dest, ctx.prefix_lists)
+    if hit is None:
+        found.check("route-table", "egress", rtb, False, f"no route matches {dest}")
+        found.blockers.append(
+            Blocker(
+                "route-table",
+                "egress",
+                rtb,
+                None,
+                "NO_ROUTE_TO_DESTINATION",
+                f"{rtb} has no route to {dest}"
+                + ("" if dest.version == 4 else " (no IPv6 default route ::/0)"),
+            )
+        )
+        return None
+    route, cidr = hit
+    target = _target(route)
+    state = route.get("State", "active")
+    found.check("route-table", "egress", rtb, state != "blackhole", f"{cidr} via {target} ({state})")
+    if state == "blackhole":
+        found.blockers.append(
+            Blocker(
+                "route-table",
+                "egress",
+                rtb,
+                cidr,
+                "ROUTE_BLACKHOLE",
+                f"{rtb} sends {dest} by {cidr} to {target}, which no longer exists (blackhole)",
+            )
+        )
+        return None
+    return target
+
+
+def _check_internet_gateway(ctx: Context, dest: Address, igw: str, found: _Findings) -> None:
+    """The internet gateway our route leads to is attached, and, over IPv4, our interface has a
+    public address to leave through it."""
+    src = ctx.source
+    gw = ctx.gateways.get(igw)
+    if gw is not None and not any(
+        a.get("State") in ("available", "attached") for a in gw.get("Attachments", [])
+    ):
+        found.blockers.append(
+            Blocker(
+                "internet-gateway",
+                "egress",
+                igw,
+                None,
+                "IGW_NOT_ATTACHED",
+                f"{igw} is not attached to the VPC",
+            )
+        )
+    if dest.version == 4 and not src.public_ip:
+        found.blockers.append(
+            Blocker(
+                "internet-gateway",
+                "egress",
+                igw,
+                None,
+                "IGW_PUBLIC_IP_ASSOCIATION_FOR_EGRESS",
+                f"{src.id or 'the interface'} has no public IPv4 address, so {igw} cannot "
+                f"carry its traffic to {dest} (add an Elastic IP, or route via a NAT gateway)",
+            )
+        )
+    found.check(
+        "internet-gateway",
+        "egress",
+        igw,
+        dest.version == 6 or bool(src.public_ip),
+        f"public IPv4: {src.public_ip or 'none'}",
+    )
+
+
+def _check_destination_groups(
+    d: Interface, source_ip: Address, port: int, ctx: Context, found: _Findings
+) -> None:
+    """The destination interface's own security groups let the connection in."""
+    if d.groups is None:
+        return
+    ids = ",".join(g["GroupId"] for g in d.groups)
+    allowed = security_groups(d.groups, source_ip, port, ctx, egress=False)
+    found.check("security-group", "ingress", ids, allowed is not None, allowed or "no ingress rule matches")
+    if allowed is None:
+        found.blockers.append(
+            Blocker(
+                "security-group",
+                "ingress",
+                ids,
+                None,
+                "ENI_SG_RULES_MISMATCH",
+                f"no ingress rule of {ids} (on {d.id}) allows TCP {port} from {source_ip}",
+            )
+        )
+
+
+def _check_destination_acl_ingress(
+    d: Interface, source_ip: Address, port: int, ctx: Context, found: _Findings
+) -> None:
+    """The destination subnet's network ACL lets the connection in (not within our own subnet)."""
+    if d.nacl is None or _same_subnet(ctx):
+        return
+    acl = d.nacl["NetworkAclId"]
+    e = nacl_decision(d.nacl, False, source_ip, port)
+    ok = e["RuleAction"] == "allow"
+    found.check(
+        "network-acl",
+        "ingress",
+        acl,
+        ok,
+        f"rule {_rule_name(e)} {e['RuleAction']}s TCP {port} from {source_ip} into {d.subnet_id}",
+    )
+    if not ok:
+        found.blockers.append(
+            Blocker(
+                "network-acl",
+                "ingress",
+                acl,
+                _rule_name(e),
+                "SUBNET_ACL_RESTRICTION",
+                f"{acl} rule {_rule_name(e)} denies TCP {port} from {source_ip} into the "
+                f"destination's subnet {d.subnet_id}",
+            )
+        )
+
+
+def _check_destination_acl_return(d: Interface, source_ip: Address, ctx: Context, found: _Findings) -> None:
+    """The destination subnet's network ACL lets the replies out to our ephemeral ports (not
+    within our own subnet)."""
+    if d.nacl is None or _same_subnet(ctx):
+        return
+    lo, hi = ctx.ephemeral
+    denied = nacl_denied_ranges(d.nacl, True, source_ip, lo, hi)
+    if denied:
+        acl = d.nacl["NetworkAclId"]
+        found.blockers.append(
+            Blocker(
+                "network-acl",
+                "egress",
+                acl,
+                _rule_name(denied[0][2]),
+                "SUBNET_ACL_RESTRICTION",
+                f"{acl} (destination subnet) denies the replies to {source_ip} ports "
+                + ", ".join(f"{a}-{b}" for a, b, _ in denied),
+            )
+        )
+
+
+def _check_port_25_policy(ctx: Context, dest: Address, port: int, found: _Findings) -> None:
+    """The provider's own port-25 block, invisible to its API: a likely (uncertain) blocker when
+    port 25 leaves the VPC for an address that is not private."""
     policy = PORT_25_POLICIES.get(ctx.provider or "")
-    leaves = not in_vpc and not (dest.version == 4 and is_private_ipv4(dest))
-    if port == 25 and policy and leaves:
-        blockers.append(
+    leaves = not any(_in_cidr(dest, c) for c in ctx.vpc_cidrs) and not is_private_ipv4(dest)
+    if not policy:
+        return
+    if port == 25 and leaves:
+        found.blockers.append(
             Blocker(
                 "provider-policy",
                 "egress",
@@ -536,9 +593,9 @@ def evaluate(ctx: Context, destination: str, port: int) -> Evaluation:
                 certain=False,
             )
         )
-        check("provider-policy", "egress", ctx.provider, False, "port 25 to an address outside the VPC")
-    elif policy:
-        check(
+        found.check("provider-policy", "egress", ctx.provider, False, "port 25 to an address outside the VPC")
+    else:
+        found.check(
             "provider-policy",
             "egress",
             ctx.provider,
@@ -547,13 +604,35 @@ def evaluate(ctx: Context, destination: str, port: int) -> Evaluation:
             + ("is not restricted" if port != 25 else "to a private/VPC address is not blocked"),
         )
 
-    if blockers:
-        verdict = "blocked"
-    elif ctx.unchecked or any(c["result"] == "unknown" for c in checked):
-        verdict = "unknown"
-    else:
-        verdict = "allowed"
-    return Evaluation(str(dest), port, verdict, blockers, checked)
+
+def _verdict(ctx: Context, found: _Findings) -> str:
+    """``blocked`` when anything blocks, else ``unknown`` when something went unchecked, else
+    ``allowed``."""
+    if found.blockers:
+        return "blocked"
+    if ctx.unchecked or any(c["result"] == "unknown" for c in found.checked):
+        return "unknown"
+    return "allowed"
+
+
+def evaluate(ctx: Context, destination: str, port: int) -> Evaluation:
+    """Would TCP from ``ctx.source`` reach ``destination``:``port``? Each component on the way
+    is checked in turn; every check is listed, and whatever blocks the flow is a blocker."""
+    dest = ip_address(destination)
+    found = _Findings()
+    _check_security_groups(ctx, dest, port, found)
+    _check_acl_egress(ctx, dest, port, found)
+    _check_acl_return(ctx, dest, port, found)
+    target = _check_route_table(ctx, dest, found)
+    if target is not None and target.startswith("igw-"):
+        _check_internet_gateway(ctx, dest, target, found)
+    d, source_ip = ctx.destination, _source_address(ctx.source, dest)
+    if d is not None and source_ip is not None:  # the destination's own interface, ours to read
+        _check_destination_groups(d, source_ip, port, ctx, found)
+        _check_destination_acl_ingress(d, source_ip, port, ctx, found)
+        _check_destination_acl_return(d, source_ip, ctx, found)
+    _check_port_25_policy(ctx, dest, port, found)
+    return Evaluation(str(dest), port, _verdict(ctx, found), found.blockers, found.checked)
 
 
 def _unread(ctx: Context, component: str) -> str:
