@@ -135,11 +135,23 @@ class Stage(_Model):
     detail: str
 
 
+class Recipient(_Model):
+    address: str
+    accepted: bool
+    reply: str
+
+
+class Envelope(_Model):
+    mail_from: str
+    mail_reply: str | None
+    recipients: list[Recipient]
+
+
 class SmtpSession(_Model):
     host: str
     address: str
     port: int = Field(ge=1, le=65535)
-    tls_mode: Literal["implicit", "starttls", "none"]
+    tls_mode: Literal["implicit", "starttls", "none", "not-reached"]
     expected_tls: str
     stages: list[Stage]
     greeting: str | None
@@ -148,7 +160,9 @@ class SmtpSession(_Model):
     tls: dict | None  # version, cipher, verified, trusted, certificate
     auth_mechanisms: list[str]
     auth: dict | None  # user, mechanism, ok, reply (never the password)
+    envelope: Envelope | None
     problems: list[Problem]
+    transcript: list[str] | None  # with --transcript: "C: ...", "S: ...", "-- ..."
 
 
 # -- cloud ---------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ class DiagnoseOptions:
     family: int | None = None  # 4 or 6 to keep one family
     cloud: CloudOptions | None = field(default_factory=CloudOptions)  # None: no cloud check
     ca_file: str | None = None
+    server_name: str | None = None  # the name certificates must carry (default: the host dialled)
+    ehlo: str | None = None
+    mail_from: str | None = None  # envelope test (see SmtpOptions)
+    rcpt_to: list[str] = field(default_factory=list)
     user: str | None = None
     password: str | None = field(default=None, repr=False)
 
@@ -186,7 +190,14 @@ async def measure(
         if r.verdict != "open" and r.responder != "local" and r.method == "raw"
     ]
     smtp_opts = SmtpOptions(
-        timeout=opts.smtp_timeout, ca_file=opts.ca_file, user=opts.user, password=opts.password
+        timeout=opts.smtp_timeout,
+        ca_file=opts.ca_file,
+        server_name=opts.server_name,
+        ehlo=opts.ehlo,
+        mail_from=opts.mail_from,
+        rcpt_to=opts.rcpt_to,
+        user=opts.user,
+        password=opts.password,
     )
     open_ = [t for t, r in zip(targets, results, strict=True) if r.verdict == "open"]
 

@@ -188,7 +188,8 @@ def print_sessions(results: list[SmtpResult], console: Console | None = None) ->
         tls = (
             r.tls and f"{r.tls['version']}, certificate {'verified' if r.tls['verified'] else 'NOT verified'}"
         )
-        console.print(f"[bold]SMTP {name} port {r.port}[/]: TLS {r.tls_mode}" + (f" ({tls})" if tls else ""))
+        mode = "not reached" if r.tls_mode == "not-reached" else r.tls_mode
+        console.print(f"[bold]SMTP {name} port {r.port}[/]: TLS {mode}" + (f" ({tls})" if tls else ""))
         table = Table(header_style="bold")
         for col in ("stage", "ok", "ms", "detail"):
             table.add_column(col, justify="right" if col == "ms" else "left", overflow="fold")
@@ -197,6 +198,16 @@ def print_sessions(results: list[SmtpResult], console: Console | None = None) ->
         console.print(table)
         if r.auth_mechanisms:
             console.print(f"  AUTH mechanisms: {' '.join(r.auth_mechanisms)}")
+        if r.envelope:
+            console.print(
+                f"  MAIL FROM:<{r.envelope['mail_from']}>: {r.envelope['mail_reply']}", markup=False
+            )
+            for rc in r.envelope["recipients"]:
+                console.print(f"  RCPT TO:<{rc['address']}>: {rc['reply']}", markup=False)
+        if r.transcript is not None:
+            console.print("  transcript:")
+            for line in r.transcript:
+                console.print(f"    {line}", markup=False, highlight=False)
         if r.problems:
             _problems(console, r.problems)
         else:

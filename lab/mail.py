@@ -12,6 +12,11 @@ broken.lab.test (.14)     25 STARTTLS refused 454; 587 STARTTLS accepted, then n
 expired.lab.test (.15)    465 certificate expired
 wrongname.lab.test (.16)  465 certificate for other.example
 untrusted.lab.test (.17)  465 certificate from a CA nobody trusts
+clientcert.lab.test (.18) 465 TLS 1.3 only, a client certificate required (``openssl s_server``:
+                          asyncio's TLS server does not send the alert, OpenSSL's own does)
+oldtls.lab.test (.19)     465 TLS 1.0 at most
+busy.lab.test (.20)       25 greeting 421 (temporary)
+policy.lab.test (.21)     25 STARTTLS, a MAIL/RCPT policy (lab.smtpd.Policy); 587 the same + AUTH
 dns: .53                  dnsmasq; servfail.lab.test is delegated to a server that SERVFAILs,
                           slow.lab.test to one that never answers
 ========================  ===================================================================
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +48,10 @@ HOSTS = {
     "expired": 15,
     "wrongname": 16,
     "untrusted": 17,
+    "clientcert": 18,
+    "oldtls": 19,
+    "busy": 20,
+    "policy": 21,
 }
 DNS = 53
 SLOW_DNS = 54  # an address nothing listens on
@@ -75,7 +86,15 @@ def _pki(workdir: Path) -> tuple[Path, dict[str, Path]]:
     ca.cert_pem.write_to_path(str(ca_file))
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     leaves = {
-        "good": ca.issue_cert(*_names("good"), *_names("silent"), *_names("broken"), "mail.lab.test"),
+        "good": ca.issue_cert(
+            *_names("good"),
+            *_names("silent"),
+            *_names("broken"),
+            *_names("clientcert"),
+            *_names("oldtls"),
+            *_names("policy"),
+            "mail.lab.test",
+        ),
         "expired": ca.issue_cert(*_names("expired"), not_before=past - dt.timedelta(days=90), not_after=past),
         "wrongname": ca.issue_cert("other.example"),
         "untrusted": rogue.issue_cert(*_names("untrusted")),
@@ -115,12 +134,18 @@ def _services(certs: dict[str, Path]) -> list[dict]:
         ("expired", 465, "smtp", "implicit", str(certs["expired"]), True),
         ("wrongname", 465, "smtp", "implicit", str(certs["wrongname"]), True),
         ("untrusted", 465, "smtp", "implicit", str(certs["untrusted"]), True),
+        ("oldtls", 465, "smtp", "implicit", good, False),
+        ("busy", 25, "greet-421", "none", None, False),
+        ("policy", 25, "policy", "starttls", good, False),
+        ("policy", 587, "policy", "starttls", good, True),
     ]
+    extra = {"oldtls": {"tls_max": "TLSv1"}}
     out = []
     for host, port, behaviour, tls, cert, auth in table:
         for address in (v4(HOSTS[host]), v6(HOSTS[host])):
             out.append(
-                {
+                extra.get(host, {})
+                | {
                     "name": f"{host}.lab.test",
                     "address": address,
                     "port": port,
@@ -133,6 +158,28 @@ def _services(certs: dict[str, Path]) -> list[dict]:
                 }
             )
     return out
+
+
+def _serve_client_cert_required(lab: Lab, cert: Path, ca_file: Path) -> None:
+    """clientcert.lab.test:465: TLS 1.3 that demands a client certificate, from OpenSSL's own
+    server, which sends the certificate_required alert after the client's handshake is done."""
+    n = HOSTS["clientcert"]
+    for address in (v4(n), f"[{v6(n)}]"):
+        argv = ["openssl", "s_server", "-quiet", "-accept", f"{address}:465", "-cert", f"{cert}.pem"]
+        argv += ["-key", f"{cert}.key", "-CAfile", str(ca_file), "-Verify", "1", "-verify_return_error"]
+        lab.popen(
+            "server",
+            [*argv, "-tls1_3"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + 5
+    want = {f"{v4(n)}:465", f"[{v6(n)}]:465"}
+    while not want <= set(lab.exec("server", ["ss", "-Hltn", "sport = :465"]).stdout.split()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("openssl s_server did not start")
+        time.sleep(0.05)
 
 
 def _zone() -> list[str]:
@@ -161,5 +208,6 @@ def setup_mail(lab: Lab, workdir: Path | None = None) -> MailLab:
     ca_file, certs = _pki(workdir)
     lab.serve_dns(_zone(), v4(DNS), v6(DNS), workdir)
     lab.serve_smtp(_services(certs), workdir)
+    _serve_client_cert_required(lab, certs["good"], ca_file)
     names = {f"{h}.lab.test": (v4(n), v6(n)) for h, n in HOSTS.items()}
     return MailLab(lab, workdir, ca_file, names=names)

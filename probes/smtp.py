@@ -5,18 +5,25 @@ the certificate does not verify, the check reconnects twice at most, to tell an 
 chain apart from an expired or misnamed certificate (each judged on its own), and goes on
 over the unverified connection to report what lies beyond (capabilities, AUTH).
 
-Problem codes: ``no-greeting``, ``service-refused``, ``starttls-missing``, ``starttls-failed``,
-``tls-mismatch``, ``tls-handshake-failed``, ``cert-untrusted``, ``cert-name-mismatch``,
-``cert-expired``, ``auth-in-clear``, ``auth-failed``, ``auth-unsupported``, ``timeout``, and
-``connect-failed`` when TCP itself fails (``mailpath probe`` says why).
+With an envelope (``mail_from``/``rcpt_to``) it goes on to MAIL FROM and RCPT TO, then RSET
+and QUIT: never DATA, so no mail is sent.
+
+Problem codes: ``no-greeting``, ``service-refused``, ``service-temporary`` (a 4xx: a deferral,
+not a refusal), ``starttls-missing``, ``starttls-failed``, ``tls-mismatch``,
+``tls-handshake-failed``, ``tls-client-cert-required``, ``cert-untrusted``,
+``cert-name-mismatch``, ``cert-expired``, ``auth-in-clear``, ``auth-failed``,
+``auth-unsupported``, ``sender-refused``, ``sender-deferred``, ``recipient-refused``,
+``recipient-deferred``, ``relay-denied``, ``timeout``, ``connect-failed`` when TCP itself fails
+(``mailpath probe`` says why), and ``check-failed`` when the check itself broke (a bug: the
+other sessions of the run still complete).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -33,10 +40,51 @@ from mailpath.probes.smtpwire import (
     cert_problems,
     choose_mechanism,
     cram_md5,
+    envelope_problem,
     parse_certificate,
+    redact,
 )
 
 _NO_CHECK_TIME = 0x200000  # OpenSSL X509_V_FLAG_NO_CHECK_TIME
+
+# connect() errors in words (never a Python repr)
+_CONNECT_ERRORS = {
+    errno.ECONNREFUSED: ("refused", " (a RST: nothing listens there, or a firewall resets)"),
+    errno.ETIMEDOUT: ("timed out", ""),
+    errno.EHOSTUNREACH: ("host unreachable", ""),
+    errno.ENETUNREACH: ("network unreachable", ""),
+    errno.EACCES: ("not permitted", " (a local firewall or policy)"),
+    errno.EPERM: ("not permitted", " (a local firewall or policy)"),
+    errno.ECONNRESET: ("reset", ""),
+    errno.EADDRNOTAVAIL: ("no usable source address", ""),
+}
+_VERSION_ERRORS = (
+    "UNSUPPORTED_PROTOCOL",
+    "WRONG_VERSION_NUMBER",
+    "NO_PROTOCOLS_AVAILABLE",
+    "PROTOCOL_VERSION",
+)
+# ssl.SSLObject.version() and ssl.TLSVersion names -> words
+_TLS_NAMES = {
+    "TLSv1": "TLS 1.0",
+    "TLSv1.1": "TLS 1.1",
+    "TLSv1.2": "TLS 1.2",
+    "TLSv1.3": "TLS 1.3",
+    "TLSv1_1": "TLS 1.1",
+    "TLSv1_2": "TLS 1.2",
+    "TLSv1_3": "TLS 1.3",
+    "SSLv3": "SSL 3.0",
+}
+
+
+def _ssl_reason(e: BaseException) -> str:
+    """An SSL error in words: OpenSSL's reason, not the exception's repr."""
+    reason = getattr(e, "reason", None)
+    return str(reason).replace("_", " ").lower() if reason else (str(e) or type(e).__name__)
+
+
+def _client_cert_required(e: ssl.SSLError) -> bool:
+    return "CERTIFICATE_REQUIRED" in (getattr(e, "reason", None) or str(e)).upper()
 
 
 @dataclass
@@ -48,6 +96,10 @@ class SmtpOptions:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     allow_auth_in_clear: bool = False
+    ehlo: str | None = None  # the EHLO name; default: this host's source address as a literal
+    mail_from: str | None = None  # envelope test: MAIL FROM (None with rcpt_to: the null sender)
+    rcpt_to: list[str] = field(default_factory=list)  # envelope test: RCPT TO, each
+    transcript: bool = False  # keep the conversation (AUTH payloads redacted)
 
 
 @dataclass
@@ -66,7 +118,7 @@ class SmtpResult:
     host: str
     address: str
     port: int
-    tls_mode: str  # what the session ended up using: implicit, starttls or none
+    tls_mode: str  # what the session ended up using: implicit, starttls, none, or not-reached
     expected_tls: str  # what was asked for (auto resolved): implicit, starttls, opportunistic, none
     stages: list[Stage] = field(default_factory=list)
     greeting: str | None = None
@@ -75,7 +127,15 @@ class SmtpResult:
     tls: dict | None = None
     auth_mechanisms: list[str] = field(default_factory=list)
     auth: dict | None = None
+    envelope: dict | None = (
+        None  # {"mail_from", "mail_reply", "recipients": [{"address", "accepted", "reply"}]}
+    )
     problems: list[Problem] = field(default_factory=list)
+    transcript: list[str] | None = None  # "C: ...", "S: ...", "-- ..." (with SmtpOptions.transcript)
+
+    @property
+    def accepted_recipients(self) -> list[str]:
+        return [r["address"] for r in (self.envelope or {}).get("recipients", []) if r["accepted"]]
 
     def to_dict(self) -> dict:
         return {
@@ -91,7 +151,9 @@ class SmtpResult:
             "tls": self.tls,
             "auth_mechanisms": self.auth_mechanisms,
             "auth": self.auth,
+            "envelope": self.envelope,
             "problems": [p.to_dict() for p in self.problems],
+            "transcript": self.transcript,
         }
 
 
@@ -104,22 +166,53 @@ class _CertFailure(Exception):
         self.error = error
 
 
+class _TlsBroken(Exception):
+    """The TLS session failed after its handshake (an alert on the first read: TLS 1.3 sends
+    a client-certificate requirement that way)."""
+
+    def __init__(self, error: ssl.SSLError) -> None:
+        self.error = error
+
+
 class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log: list[str] | None = None
+    ) -> None:
         self.reader, self.writer, self.parser = reader, writer, ReplyReader()
         self.pending: list[SMTPReply] = []  # replies read ahead (e.g. while probing the TLS mode)
+        self.log = log  # the transcript, when one is kept
 
     async def reply(self) -> SMTPReply:
         if self.pending:
             return self.pending.pop(0)
         while (reply := self.parser.next_reply()) is None:
-            data = await self.reader.read(4096)
+            try:
+                data = await self.reader.read(4096)
+            except ssl.SSLError as e:
+                raise _TlsBroken(e) from None
             if not data:
                 raise ConnectionResetError("the server closed the connection")
             self.parser.feed(data)
+        if self.log is not None:
+            self.log += [
+                f"S: {reply.code}{'-' if i < len(reply.lines) - 1 else ' '}{line}".rstrip()
+                for i, line in enumerate(reply.lines)
+            ]
         return reply
 
-    async def command(self, line: str) -> SMTPReply:
+    async def pending_error(self) -> ssl.SSLError:
+        """The TLS alert that ended the session, when one is waiting to be read."""
+        try:
+            await asyncio.wait_for(self.reader.read(1), 1.0)
+        except ssl.SSLError as e:
+            return e
+        except (OSError, TimeoutError):
+            pass
+        return ssl.SSLError("the server ended the TLS session during its handshake")
+
+    async def command(self, line: str, secret: bool = False) -> SMTPReply:
+        if self.log is not None:
+            self.log.append(f"C: {redact(line, secret)}")
         self.writer.write(line.encode() + b"\r\n")
         await self.writer.drain()
         return await self.reply()
@@ -148,21 +241,14 @@ def _contexts(opts: SmtpOptions) -> dict[str, ssl.SSLContext]:
     return {"verify": verify, "trust": trust, "none": none}
 
 
-def _sni(name: str) -> str | None:
-    """SNI is for names only (RFC 6066); an address gets none but is still verified."""
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in name else socket.AF_INET, name.strip("[]"))
-        return None
-    except OSError:
-        return name
-
-
 class _Session:
     """One conversation with one address. Records stages and problems as it goes."""
 
     def __init__(self, host: str, address: str, port: int, opts: SmtpOptions, source: str = "") -> None:
         self.host, self.address, self.port, self.opts = host, address, port, opts
-        self.server_name = (opts.server_name or host).rstrip(".")
+        # what was dialled: the certificate must name it (an IP SAN for an address). Python's ssl
+        # checks an address against IP SANs and sends no SNI for it (RFC 6066 names only).
+        self.server_name = (opts.server_name or host).rstrip(".").strip("[]")
         self.mode = opts.tls
         if self.mode == "auto":
             self.mode = "implicit" if port == 465 else "opportunistic"
@@ -175,8 +261,9 @@ class _Session:
         self.learned: list[Problem] = []  # TLS-mode findings that hold for every reconnection
 
     def reset(self) -> None:
-        self.result = SmtpResult(self.host, self.address, self.port, "none", self.expect)
+        self.result = SmtpResult(self.host, self.address, self.port, "not-reached", self.expect)
         self.result.problems += self.learned
+        self.result.transcript = [] if self.opts.transcript else None
         self.conn: _Conn | None = None
         self.peer: dict | None = None  # version, cipher and certificate of the TLS session
 
@@ -226,12 +313,11 @@ class _Session:
             )
             raise _Stop from None
         except OSError as e:
-            name = errno.errorcode.get(e.errno or 0, str(e))
-            self.fail_stage("connect", start, f"{name}: {e.strerror}")
+            why, hint = _CONNECT_ERRORS.get(e.errno or 0, ("failed", ""))
+            self.fail_stage("connect", start, f"{why} ({errno.errorcode.get(e.errno or 0, 'error')})")
             self.problem(
                 "connect-failed",
-                f"TCP connect to {self.address} port {self.port} failed: "
-                f"{e.strerror} (run mailpath probe to see why)",
+                f"TCP connect to {self.address} port {self.port}: {why}{hint}; mailpath probe says more",
                 "connect",
             )
             raise _Stop from None
@@ -243,12 +329,19 @@ class _Session:
                 f"connected to {self.address} port {self.port}",
             )
         )
-        return _Conn(reader, writer)
+        if self.result.tls_mode == "not-reached":
+            self.result.tls_mode = "none"
+        self.log(f"-- connected to {self.address} port {self.port}")
+        return _Conn(reader, writer, self.result.transcript)
+
+    def log(self, line: str) -> None:
+        if self.result.transcript is not None:
+            self.result.transcript.append(line)
 
     async def handshake(self, conn: _Conn, ctx: ssl.SSLContext, stage: str) -> None:
         start = time.monotonic()
         try:
-            await asyncio.wait_for(conn.start_tls(ctx, _sni(self.server_name)), self.opts.timeout)
+            await asyncio.wait_for(conn.start_tls(ctx, self.server_name), self.opts.timeout)
         except ssl.SSLCertVerificationError as e:
             self.fail_stage(stage, start, f"certificate not accepted: {e.verify_message}")
             raise _CertFailure(e) from None
@@ -256,15 +349,16 @@ class _Session:
             self.fail_stage(stage, start, f"no handshake within {self.opts.timeout:g} s")
             raise
         except (ssl.SSLError, ConnectionError) as e:
-            self.fail_stage(stage, start, f"handshake failed: {e}")
+            self.fail_stage(stage, start, f"handshake failed: {_ssl_reason(e)}")
             raise
         ssl_obj = conn.ssl_object
         self.result.tls_mode = "starttls" if self.result.capabilities_before_tls is not None else "implicit"
-        self.peer = {
-            "version": ssl_obj.version(),
-            "cipher": ssl_obj.cipher()[0],
-            "der": ssl_obj.getpeercert(binary_form=True),
-        }
+        try:
+            der = ssl_obj.getpeercert(binary_form=True)
+        except ValueError:  # "handshake not done yet": the server ended it (an alert) as it closed
+            self.fail_stage(stage, start, "the server ended the TLS session during its handshake")
+            raise _TlsBroken(await conn.pending_error()) from None
+        self.peer = {"version": ssl_obj.version(), "cipher": ssl_obj.cipher()[0], "der": der}
         self.result.stages.append(
             Stage(
                 stage,
@@ -273,6 +367,7 @@ class _Session:
                 f"{self.peer['version']} {self.peer['cipher']}",
             )
         )
+        self.log(f"-- TLS handshake: {self.peer['version']} {self.peer['cipher']}")
 
     # -- the conversation --------------------------------------------------------------
 
@@ -307,6 +402,8 @@ class _Session:
         self.result.auth_mechanisms = caps.get("AUTH", [])
         if self.opts.user:
             await self._auth(conn, caps)
+        if self.opts.rcpt_to or self.opts.mail_from is not None:
+            await self._envelope(conn)
         await self._quit(conn)
 
     async def _implicit_tls_failed(self, error: Exception) -> _Conn:
@@ -315,9 +412,9 @@ class _Session:
         conn = await self.connect()
         try:
             reply = await asyncio.wait_for(conn.reply(), min(self.opts.timeout, 5.0))
-        except (TimeoutError, ProtocolError, ConnectionError):
+        except (TimeoutError, ProtocolError, ConnectionError, _TlsBroken):
             conn.close()
-            self.problem("tls-handshake-failed", f"TLS handshake on port {self.port} failed: {error}", "tls")
+            await self.tls_failed(error, f"TLS handshake on port {self.port} failed")
             raise _Stop from None
         conn.pending.insert(0, reply)
         self.learn(
@@ -354,7 +451,15 @@ class _Session:
             self.problem("no-greeting", f"no SMTP greeting: {e}", "greeting")
             raise _Stop from None
         if greeting.code != 220:
-            self.problem("service-refused", f"the greeting refuses service: {greeting}", "greeting")
+            if 400 <= greeting.code < 500:
+                self.problem(
+                    "service-temporary",
+                    f"the greeting defers service ({greeting}): a temporary refusal, not a permanent "
+                    "one (load, connection limits, greylisting); retry later",
+                    "greeting",
+                )
+            else:
+                self.problem("service-refused", f"the greeting refuses service: {greeting}", "greeting")
             await self._quit(conn)
             raise _Stop
         return greeting
@@ -372,14 +477,17 @@ class _Session:
         return True
 
     async def _ehlo(self, conn: _Conn, stage: str) -> dict[str, list[str]]:
-        name = (
+        name = self.opts.ehlo or (
             f"[{self.source}]"
             if self.source and ":" not in self.source
             else (f"[IPv6:{self.source}]" if self.source else "[127.0.0.1]")
         )
         reply = await self.stage(stage, self._command(conn, f"EHLO {name}"))
         if reply.code != 250:
-            self.problem("service-refused", f"EHLO was refused: {reply}", stage)
+            if 400 <= reply.code < 500:
+                self.problem("service-temporary", f"EHLO was deferred ({reply}): a temporary refusal", stage)
+            else:
+                self.problem("service-refused", f"EHLO was refused: {reply}", stage)
             await self._quit(conn)
             raise _Stop
         return capabilities(reply)
@@ -406,14 +514,58 @@ class _Session:
             return caps
         reply = await self.stage("starttls", self._command(conn, "STARTTLS"))
         if reply.code != 220:
-            self.problem("starttls-failed", f"STARTTLS is offered but refused: {reply}", "starttls")
+            temporary = " (temporarily: 4xx)" if 400 <= reply.code < 500 else ""
+            self.problem(
+                "starttls-failed", f"STARTTLS is offered but refused{temporary}: {reply}", "starttls"
+            )
             return caps
         try:
             await self.handshake(conn, ctx, "tls")
         except (ssl.SSLError, ConnectionError) as e:
-            self.problem("tls-handshake-failed", f"TLS handshake after STARTTLS failed: {e}", "tls")
+            await self.tls_failed(e, "TLS handshake after STARTTLS failed")
             raise _Stop from None
         return await self._ehlo(conn, "ehlo-tls")
+
+    async def tls_failed(self, error: BaseException, what: str) -> None:
+        """Record a failed handshake, naming a client-certificate demand or the versions each
+        side speaks when that is why."""
+        if isinstance(error, ssl.SSLError) and _client_cert_required(error):
+            self.problem(
+                "tls-client-cert-required",
+                f"{what}: the server requires a client certificate ({_ssl_reason(error)})",
+                "tls",
+            )
+            return
+        message = f"{what}: {_ssl_reason(error)}"
+        if any(k in str(getattr(error, "reason", "") or error).upper() for k in _VERSION_ERRORS):
+            offered = await self._server_tls_version()
+            floor = _TLS_NAMES.get(ssl.create_default_context().minimum_version.name, "TLS 1.2")
+            if offered:
+                message = f"{what}: the server offers only {offered}; this client requires {floor} or later"
+        self.problem("tls-handshake-failed", message, "tls")
+
+    async def _server_tls_version(self) -> str | None:
+        """The TLS version the server settles on when any version is allowed (None: none)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        with contextlib.suppress(ssl.SSLError):
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.address, self.port), self.opts.timeout
+            )
+            conn = _Conn(reader, writer)
+            if self.mode != "implicit":
+                await asyncio.wait_for(conn.reply(), self.opts.timeout)
+                await asyncio.wait_for(conn.command("EHLO mailpath.invalid"), self.opts.timeout)
+                await asyncio.wait_for(conn.command("STARTTLS"), self.opts.timeout)
+            await asyncio.wait_for(conn.start_tls(ctx, None), self.opts.timeout)
+            version = conn.ssl_object.version()
+            conn.close()
+        except (OSError, TimeoutError, ProtocolError, _TlsBroken):
+            return None
+        return _TLS_NAMES.get(version, version)
 
     async def _auth(self, conn: _Conn, caps: dict) -> None:
         offered = caps.get("AUTH", [])
@@ -450,7 +602,9 @@ class _Session:
             detail=lambda r: f"AUTH {mech} as {user}: {r}",
         )
         self.result.auth = {"user": user, "mechanism": mech, "ok": reply.code == 235, "reply": str(reply)}
-        if reply.code != 235:
+        if 400 <= reply.code < 500:
+            self.problem("auth-failed", f"AUTH {mech} as {user} failed temporarily (4xx): {reply}", "auth")
+        elif reply.code != 235:
             self.problem("auth-failed", f"AUTH {mech} as {user} was refused: {reply}", "auth")
 
     async def _authenticate(self, conn: _Conn, mech: str, user: str, password: str) -> SMTPReply:
@@ -458,12 +612,34 @@ class _Session:
             return await conn.command(f"AUTH PLAIN {auth_plain(user, password)}")
         reply = await conn.command(f"AUTH {mech}")
         if mech == "CRAM-MD5":
-            return await conn.command(cram_md5(user, password, reply.text)) if reply.code == 334 else reply
+            if reply.code != 334:
+                return reply
+            return await conn.command(cram_md5(user, password, reply.text), secret=True)
         for secret in (user, password):  # LOGIN: 334 Username:, 334 Password:
             if reply.code != 334:
                 return reply
-            reply = await conn.command(b64(secret))
+            reply = await conn.command(b64(secret), secret=True)
         return reply
+
+    async def _envelope(self, conn: _Conn) -> None:
+        """MAIL FROM and each RCPT TO, then RSET: what the server would accept, never DATA."""
+        sender = self.opts.mail_from or ""
+        env: dict = {"mail_from": sender, "mail_reply": None, "recipients": []}
+        self.result.envelope = env
+        mail = await self.stage("mail", self._command(conn, f"MAIL FROM:<{sender}>"))
+        env["mail_reply"] = str(mail)
+        code = envelope_problem(mail, "mail")
+        if code is not None:
+            self.problem(code, f"MAIL FROM:<{sender}> was {_refusal(mail)}: {mail}", "mail")
+            return
+        for rcpt in self.opts.rcpt_to:
+            reply = await self.stage("rcpt", self._command(conn, f"RCPT TO:<{rcpt}>"))
+            env["recipients"].append({"address": rcpt, "accepted": reply.code < 400, "reply": str(reply)})
+            code = envelope_problem(reply, "rcpt")
+            if code is not None:
+                what = "relaying to it was denied" if code == "relay-denied" else f"it was {_refusal(reply)}"
+                self.problem(code, f"RCPT TO:<{rcpt}>: {what}: {reply}", "rcpt")
+        await self.stage("rset", self._command(conn, "RSET"))
 
     async def _quit(self, conn: _Conn) -> None:
         try:
@@ -483,6 +659,17 @@ async def check_address(
     the chain alone (no name, no dates); if that fails too, a third goes on unverified. The
     report then judges trust, expiry and name each on its own.
     """
+    try:
+        return await _check(host, address, port, opts, source)
+    except Exception as e:  # a bug must not end a run over several sessions: it is this one's result
+        result = SmtpResult(host, address, port, "not-reached", opts.tls)
+        result.problems.append(
+            Problem("check-failed", f"the SMTP check itself failed: {type(e).__name__}: {e}", "session")
+        )
+        return result
+
+
+async def _check(host: str, address: str, port: int, opts: SmtpOptions, source: str) -> SmtpResult:
     s = _Session(host, address, port, opts, source)
     ctxs = _contexts(opts)
     failure: ssl.SSLCertVerificationError | None = None
@@ -527,6 +714,10 @@ async def check_address(
     return result
 
 
+def _refusal(reply: SMTPReply) -> str:
+    return "deferred (4xx, temporary)" if reply.code < 500 else "refused"
+
+
 async def _converse(s: _Session, ctx: ssl.SSLContext) -> None:
     try:
         await s.run(ctx)
@@ -535,6 +726,13 @@ async def _converse(s: _Session, ctx: ssl.SSLContext) -> None:
     except TimeoutError:
         last = s.result.stages[-1].name if s.result.stages else "connect"
         s.problem("timeout", f"stage {last} got no answer within {s.opts.timeout:g} s", last)
+    except _TlsBroken as e:
+        await s.tls_failed(e.error, "the TLS session failed right after its handshake")
+    except ssl.SSLError as e:  # a handshake error no stage turned into a finding
+        await s.tls_failed(e, "TLS failed")
+    except OSError as e:
+        s.problem("service-refused", f"the connection broke: {e.strerror or _ssl_reason(e)}", "session")
+    finally:
         if s.conn:
             s.conn.close()
 

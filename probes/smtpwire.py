@@ -79,6 +79,46 @@ class ReplyReader:
         return reply
 
 
+def enhanced_status(reply: SMTPReply) -> str | None:
+    """The RFC 3463 enhanced status code a reply starts with (``5.7.1``), if any."""
+    words = reply.text.split(maxsplit=1)
+    if not words:
+        return None
+    parts = words[0].split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in ("2", "4", "5"):
+        return words[0]
+    return None
+
+
+_RELAY_WORDS = ("relay", "relaying")
+
+
+def envelope_problem(reply: SMTPReply, stage: str) -> str | None:
+    """The problem code of a MAIL (``stage="mail"``) or RCPT (``"rcpt"``) reply, or None when
+    it was accepted. 4xx is a deferral, never a refusal; a 5xx RCPT with enhanced status 5.7.x
+    or that speaks of relaying is a relay refusal (RFC 3463: 5.7 is security or policy)."""
+    if reply.code < 400:
+        return None
+    if reply.code < 500:
+        return "sender-deferred" if stage == "mail" else "recipient-deferred"
+    if stage == "mail":
+        return "sender-refused"
+    status = enhanced_status(reply) or ""
+    if status.startswith("5.7.") or any(w in reply.text.lower() for w in _RELAY_WORDS):
+        return "relay-denied"
+    return "recipient-refused"
+
+
+def redact(line: str, secret: bool = False) -> str:
+    """A client line as a transcript shows it: AUTH payloads and continuation secrets hidden."""
+    if secret:
+        return "<redacted>"
+    words = line.split()
+    if len(words) >= 3 and words[0].upper() == "AUTH":
+        return f"{words[0]} {words[1]} <redacted>"
+    return line
+
+
 def capabilities(ehlo: SMTPReply) -> dict[str, list[str]]:
     """EHLO keywords (upper case) and their parameters. The first line is the greeting
     name; a keyword on the last ``250 `` line counts like any other (unlike ``^250-STARTTLS``)."""

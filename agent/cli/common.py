@@ -67,6 +67,37 @@ NameserverOpt = Annotated[
 Ipv4Opt = Annotated[bool, typer.Option("-4", help="IPv4 addresses only.")]
 Ipv6Opt = Annotated[bool, typer.Option("-6", help="IPv6 addresses only.")]
 CaFileOpt = Annotated[str | None, typer.Option(help="Trust the CAs in this PEM file for SMTP TLS.")]
+ServerNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Name the certificate must carry (default: what was dialled: the host, or the address)."
+    ),
+]
+EhloOpt = Annotated[str | None, typer.Option(help="EHLO name (default: this host's address as a literal).")]
+FromOpt = Annotated[
+    str | None,
+    typer.Option("--from", help='Envelope test: MAIL FROM this address ("" for the null sender).'),
+]
+ToOpt = Annotated[
+    list[str] | None,
+    typer.Option("--to", help="Envelope test: RCPT TO this address (repeatable); then RSET, never DATA."),
+]
+
+
+class TlsMode(StrEnum):
+    auto = "auto"
+    starttls = "starttls"
+    implicit = "implicit"
+    none = "none"
+
+
+TlsOpt = Annotated[
+    TlsMode,
+    typer.Option(
+        case_sensitive=False,
+        help="auto: implicit TLS on 465, STARTTLS when offered elsewhere (expected on 587).",
+    ),
+]
 UserOpt = Annotated[str | None, typer.Option(help="Test AUTH as this user.")]
 PasswordEnvOpt = Annotated[str | None, typer.Option(help="Environment variable holding the password.")]
 PasswordFileOpt = Annotated[str | None, typer.Option(help="File holding the password.")]
@@ -155,13 +186,34 @@ def password(env: str | None, file: str | None, user: str | None) -> str | None:
             raise InputError(f"cannot read --password-file {file!r}: {e.strerror}") from None
     if user and secret is None:
         raise InputError("--user needs --password-env or --password-file")
+    if secret is not None and not user:
+        raise InputError("a password was given (--password-env/--password-file) but no --user")
     return secret
 
 
-def readable(path: str | None, option: str) -> str | None:
-    if path and not os.path.isfile(path):
+def pem_file(path: str | None, option: str) -> str | None:
+    """A CA file that exists and holds PEM certificates, checked before any network work."""
+    if not path:
+        return path
+    import ssl
+
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise InputError(f"cannot read {option} {path!r}")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except (ssl.SSLError, ValueError):
+        raise InputError(f"{option} {path!r} holds no PEM certificate") from None
     return path
+
+
+def mailbox(address: str | None, option: str) -> str | None:
+    """An envelope address: local@domain (or "" for the null sender with --from)."""
+    if address is None or address == "":
+        return address
+    local, at, domain = address.strip("<>").rpartition("@")
+    if not at or not local or not domain or any(c.isspace() for c in address):
+        raise InputError(f"invalid {option} {address!r}: expected local@domain")
+    return address.strip("<>")
 
 
 def choice(value: str | None, allowed: Iterable[str | None], option: str) -> str | None:

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from mailpath.agent.cli.common import (
     CaFileOpt,
+    EhloOpt,
+    FromOpt,
     Ipv4Opt,
     Ipv6Opt,
     JsonOpt,
@@ -17,14 +19,17 @@ from mailpath.agent.cli.common import (
     PortsOpt,
     ProviderOpt,
     RetriesOpt,
+    ServerNameOpt,
     TimeoutOpt,
+    ToOpt,
     UserOpt,
     choice,
     command,
     family,
     finish,
+    mailbox,
     password,
-    readable,
+    pem_file,
 )
 
 
@@ -53,6 +58,10 @@ def diagnose(
     region: Annotated[str | None, typer.Option(help="AWS region.")] = None,
     provider: ProviderOpt = None,
     ca_file: CaFileOpt = None,
+    server_name: ServerNameOpt = None,
+    ehlo: EhloOpt = None,
+    mail_from: FromOpt = None,
+    rcpt_to: ToOpt = None,
     user: UserOpt = None,
     password_env: PasswordEnvOpt = None,
     password_file: PasswordFileOpt = None,
@@ -101,7 +110,11 @@ def diagnose(
         nameservers=[parse_nameserver(n) for n in nameserver or []],
         family=family(ipv4, ipv6),
         cloud=cloud,
-        ca_file=readable(ca_file, "--ca-file"),
+        ca_file=pem_file(ca_file, "--ca-file"),
+        server_name=server_name,
+        ehlo=ehlo,
+        mail_from=mailbox(mail_from, "--from"),
+        rcpt_to=[mailbox(r, "--to") for r in rcpt_to or []],
         user=user,
         password=password(password_env, password_file, user),
     )

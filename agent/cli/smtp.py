@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from mailpath.agent.cli.common import (
     CaFileOpt,
+    EhloOpt,
+    FromOpt,
     Ipv4Opt,
     Ipv6Opt,
     JsonOpt,
@@ -14,13 +16,17 @@ from mailpath.agent.cli.common import (
     PasswordEnvOpt,
     PasswordFileOpt,
     PortsOpt,
+    ServerNameOpt,
+    TlsMode,
+    TlsOpt,
+    ToOpt,
     UserOpt,
-    choice,
     command,
     finish,
+    mailbox,
     one_family,
     password,
-    readable,
+    pem_file,
 )
 
 
@@ -34,16 +40,12 @@ def smtp(
         ),
     ],
     port: PortsOpt = None,
-    tls: Annotated[
-        str,
-        typer.Option(
-            help="auto (implicit TLS on 465, STARTTLS when offered elsewhere), starttls, implicit or none."
-        ),
-    ] = "auto",
+    tls: TlsOpt = TlsMode.auto,
     ca_file: CaFileOpt = None,
-    server_name: Annotated[
-        str | None, typer.Option(help="Name the certificate must carry (default: the host as given).")
-    ] = None,
+    server_name: ServerNameOpt = None,
+    ehlo: EhloOpt = None,
+    mail_from: FromOpt = None,
+    rcpt_to: ToOpt = None,
     user: UserOpt = None,
     password_env: PasswordEnvOpt = None,
     password_file: PasswordFileOpt = None,
@@ -52,6 +54,9 @@ def smtp(
     nameserver: NameserverOpt = None,
     ipv4: Ipv4Opt = False,
     ipv6: Ipv6Opt = False,
+    transcript: Annotated[
+        bool, typer.Option("-v", "--transcript", help="Show the conversation (AUTH payloads redacted).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The SMTP conversation on every address, up to AUTH; never sends mail.
@@ -65,15 +70,18 @@ def smtp(
     from mailpath.probes.result import Target
     from mailpath.probes.smtp import SmtpOptions, check_targets
 
-    choice(tls, ("auto", "starttls", "implicit", "none"), "--tls")
     opts = SmtpOptions(
-        tls=tls,
+        tls=tls.value,
         timeout=timeout,
         server_name=server_name,
-        ca_file=readable(ca_file, "--ca-file"),
+        ca_file=pem_file(ca_file, "--ca-file"),
         user=user,
         password=password(password_env, password_file, user),
         allow_auth_in_clear=allow_auth_in_clear,
+        ehlo=ehlo,
+        mail_from=mailbox(mail_from, "--from"),
+        rcpt_to=[mailbox(r, "--to") for r in rcpt_to or []],
+        transcript=transcript,
     )
     host, given_port = parse_target(target)
     ports = [given_port] if given_port else (parse_ports(port or []) or [25])

@@ -129,6 +129,58 @@ CASES = {
     "expired certificate": ("expired", 465, (), ["cert-expired"], "implicit"),
     "certificate for another name": ("wrongname", 465, (), ["cert-name-mismatch"], "implicit"),
     "certificate from an unknown CA": ("untrusted", 465, (), ["cert-untrusted"], "implicit"),
+    "greeting 421 is temporary": ("busy", 25, (), ["service-temporary"], "none"),
+    "TLS 1.3 client certificate required": (
+        "clientcert",
+        465,
+        (),
+        ["tls-client-cert-required"],
+        "implicit",
+    ),
+    "server speaks only TLS 1.0": ("oldtls", 465, (), ["tls-handshake-failed"], "none"),
+    "envelope accepted": ("policy", 25, ("--from", "app@lab.test", "--to", "alice@lab.test"), [], "starttls"),
+    "relay denied": (
+        "policy",
+        25,
+        ("--from", "app@lab.test", "--to", "someone@example.com"),
+        ["relay-denied"],
+        "starttls",
+    ),
+    "sender refused": (
+        "policy",
+        25,
+        ("--from", "blocked@lab.test", "--to", "alice@lab.test"),
+        ["sender-refused"],
+        "starttls",
+    ),
+    "sender deferred": (
+        "policy",
+        25,
+        ("--from", "later@lab.test", "--to", "alice@lab.test"),
+        ["sender-deferred"],
+        "starttls",
+    ),
+    "recipient unknown": (
+        "policy",
+        25,
+        ("--from", "app@lab.test", "--to", "nobody@lab.test", "--to", "alice@lab.test"),
+        ["recipient-refused"],
+        "starttls",
+    ),
+    "recipient deferred": (
+        "policy",
+        25,
+        ("--from", "", "--to", "busy@lab.test"),
+        ["recipient-deferred"],
+        "starttls",
+    ),
+    "envelope after AUTH on submission": (
+        "policy",
+        587,
+        ("--user", "alice", "--password-env", PW, "--from", "alice@lab.test", "--to", "bob@example.com"),
+        [],
+        "starttls",
+    ),
 }
 
 
@@ -174,7 +226,9 @@ def test_smtp_problem_codes(mail, case, family):
     for p in d["problems"]:
         assert p["stage"] and p["message"]
     assert mail.password not in r.stdout + r.stderr  # the password is never shown
-    if mode != "none":
+    if mode != "none" and d["tls"] is None:  # the server ended TLS within the handshake
+        assert codes == ["tls-client-cert-required"]
+    elif mode != "none":
         assert d["tls"]["version"].startswith("TLS") and d["tls"]["cipher"]
         assert d["tls"]["certificate"]["not_after"] and d["tls"]["certificate"]["issuer"]
     if case == "submission with AUTH":
@@ -244,3 +298,109 @@ def test_password_file_and_human_report(mail, tmp_path):
     )
     assert r.code == 0 and "ehlo-tls" in r.stdout and "AUTH PLAIN as alice" in r.stdout
     assert mail.password not in r.stdout + r.stderr
+
+
+def test_tls_version_floor_names_both_sides(mail):
+    r = run(mail, "smtp", "oldtls.lab.test:465", "-4", "--ca-file", str(mail.ca_file), "--json")
+    (p,) = r.one["problems"]
+    assert p["code"] == "tls-handshake-failed"
+    assert "offers only TLS 1.0" in p["message"] and "requires TLS 1.2 or later" in p["message"], p
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_address_is_checked_against_the_certificates_ip_names(mail, family):
+    """A certificate trusted but issued for another name does not verify when the address was
+    dialled; one that carries the address as an IP SAN does."""
+    wrong = mail.addresses("wrongname")[family == 6]
+    good = mail.addresses("good")[family == 6]
+
+    def target(a):
+        return f"[{a}]:465" if family == 6 else f"{a}:465"
+
+    r = run(mail, "smtp", target(wrong), "--ca-file", str(mail.ca_file), "--json")
+    assert [p["code"] for p in r.one["problems"]] == ["cert-name-mismatch"], r.one
+    assert r.one["tls"]["verified"] is False and r.code == 1
+    r = run(mail, "smtp", target(good), "--ca-file", str(mail.ca_file), "--json")
+    assert r.one["problems"] == [] and r.one["tls"]["verified"] is True and r.code == 0
+
+
+def test_diagnose_checks_the_certificate_against_what_it_dialled(mail):
+    r = run(
+        mail,
+        "diagnose",
+        mail.addresses("wrongname")[0],
+        "-p",
+        "465",
+        "--ca-file",
+        str(mail.ca_file),
+        "--json",
+        "--timeout",
+        "0.5",
+        "--no-cloud",
+    )
+    (f,) = r.items
+    assert f["cause"] == "tls" and "cert-name-mismatch" in f["addresses"][0]["smtp"]["problems"], f
+    r = run(
+        mail,
+        "diagnose",
+        "wrongname.lab.test",
+        "-p",
+        "465",
+        "--ca-file",
+        str(mail.ca_file),
+        "--server-name",
+        "other.example",
+        "--json",
+        "--timeout",
+        "0.5",
+        "--no-cloud",
+    )
+    assert {f["cause"] for f in r.items} == {"none"} and r.code == 0, r.items
+
+
+def test_one_failing_session_does_not_end_the_run(mail):
+    """The client-certificate alert of one session is that session's result; the others complete."""
+    r = run(
+        mail,
+        "smtp",
+        "clientcert.lab.test",
+        "-p",
+        "465,25",
+        "--ca-file",
+        str(mail.ca_file),
+        "--json",
+        "--timeout",
+        "2",
+    )
+    by_port = {(s["address"], s["port"]): [p["code"] for p in s["problems"]] for s in r.items}
+    for a in mail.addresses("clientcert"):
+        assert by_port[(a, 465)] == ["tls-client-cert-required"]
+        assert by_port[(a, 25)] == ["connect-failed"]  # nothing listens on 25 there
+    assert r.code == 1 and "Traceback" not in r.stderr
+
+
+def test_transcript_shows_the_conversation_with_auth_redacted(mail):
+    env = {PW: mail.password}
+    args = (
+        "smtp",
+        "good.lab.test:587",
+        "-4",
+        "--ca-file",
+        str(mail.ca_file),
+        "--user",
+        "alice",
+        "--password-env",
+        PW,
+        "-v",
+    )
+    r = run(mail, *args, env=env)
+    assert r.code == 0, r.stderr
+    assert "C: EHLO" in r.stdout and "S: 220" in r.stdout and "C: STARTTLS" in r.stdout
+    assert "-- TLS handshake: TLSv1.3" in r.stdout and "C: AUTH PLAIN <redacted>" in r.stdout
+    from base64 import b64encode
+
+    secret = b64encode(f"\0alice\0{mail.password}".encode()).decode()
+    assert mail.password not in r.stdout and secret not in r.stdout
+    doc = run(mail, *args, "--json", env=env)
+    assert "C: AUTH PLAIN <redacted>" in doc.one["transcript"]
+    assert not any(mail.password in line or secret in line for line in doc.one["transcript"])

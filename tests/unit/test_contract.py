@@ -45,7 +45,7 @@ def test_a_probe_document_validates_and_has_its_results_in_a_list():
         (["probe", "--no-such-option", "x"], 2, "usage"),
         (["trace", "127.0.0.1", "--control", "udp"], 2, "bad-input"),
         (["dns", "bad..name"], 2, "bad-input"),
-        (["smtp", "127.0.0.1", "--tls", "maybe"], 2, "bad-input"),
+        (["smtp", "127.0.0.1", "--tls", "maybe"], 2, "usage"),
         (["diagnose", "127.0.0.1", "--provider", "ovh"], 2, "bad-input"),
         (["cloud", "--dest", "127.0.0.1", "--provider", "ovh"], 2, "bad-input"),
     ],
