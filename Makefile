@@ -14,6 +14,7 @@ demo: deps
 
 test: deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: deps
@@ -23,6 +24,7 @@ bench: deps
 	$(PY) -m bench.probe_vs_nmap
 	$(PY) -m bench.trace_vs_traceroute
 	$(PY) -m bench.diagnose_vs_separate
+	$(PY) -m bench.startup
 
 deps: apt $(VENV)/.installed
 
