@@ -1,15 +1,33 @@
-"""Measurements: transport probes (raw SYN or connect()), and later trace, SMTP and DNS checks.
+"""Measurements: transport probes (raw SYN or connect()), trace, SMTP and DNS checks.
 
 The public surface is small: build :class:`Target` objects, call :func:`probe`, read
-:class:`ProbeResult` objects whose ``verdict`` is a :class:`Verdict`.
+:class:`ProbeResult` objects whose ``verdict`` is a :class:`Verdict`. Nothing is imported
+here until it is used, so ``mailpath.probes.errors`` and the pure modules load alone.
 """
 
 from __future__ import annotations
 
-from mailpath.probes.classify import Verdict
-from mailpath.probes.errors import PermissionDenied
-from mailpath.probes.result import ProbeResult, Target
-from mailpath.probes.syn import Options
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailpath.probes.classify import Verdict
+    from mailpath.probes.result import ProbeResult, Target
+    from mailpath.probes.syn import Options
+
+_LAZY = {
+    "Verdict": "mailpath.probes.classify",
+    "ProbeResult": "mailpath.probes.result",
+    "Target": "mailpath.probes.result",
+    "Options": "mailpath.probes.syn",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mailpath.probes' has no attribute {name!r}")
 
 
 def probe(
@@ -17,8 +35,11 @@ def probe(
 ) -> list[ProbeResult]:
     """Probe every target in one batch. ``method``: ``raw``, ``connect`` or ``auto``
     (raw when CAP_NET_RAW is held, else connect()); ``raw`` without it raises
-    :class:`PermissionDenied`. ``progress(done, total)`` is called now
-    and then during a raw batch."""
+    :class:`~mailpath.probes.errors.PermissionDenied`. ``progress(done, total)`` is called
+    now and then during a raw batch."""
+    from mailpath.probes.errors import PermissionDenied
+    from mailpath.probes.syn import Options
+
     options = options or Options()
     if method in ("auto", "raw"):
         try:
