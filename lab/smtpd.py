@@ -11,7 +11,8 @@ refused), ``greet-554`` (greeting refuses service), ``never-greet`` (accepts, sa
 ``policy`` (a real server whose MAIL/RCPT answers follow a small policy: sender
 ``blocked@…`` refused 553 5.7.1, ``later@…`` deferred 451, recipients outside lab.test refused
 554 5.7.1 relay access denied unless the session authenticated, ``nobody@lab.test`` unknown
-550 5.1.1, ``busy@lab.test`` deferred 450). ``tls``: ``none``, ``starttls`` or ``implicit`` (the whole connection is TLS, as on 465).
+550 5.1.1, ``busy@lab.test`` deferred 450). ``tls``: ``none``, ``starttls`` or ``implicit``
+(the whole connection is TLS, as on 465).
 ``tls_max``: the highest TLS version offered (``TLSv1``, ``TLSv1_2``...).
 """
 
