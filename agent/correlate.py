@@ -31,6 +31,7 @@ from mailpath.probes.result import ProbeResult
 
 if TYPE_CHECKING:  # the types only: correlation reads results, it runs no probe and no cloud call
     from mailpath.cloud.evaluate import Evaluation
+    from mailpath.probes.local import FirstHop
     from mailpath.probes.smtp import SmtpResult
     from mailpath.probes.trace import TraceResult
 
@@ -57,6 +58,7 @@ class Observation:
     trace: TraceResult | None = None
     smtp: SmtpResult | None = None
     cloud: Evaluation | None = None
+    first_hop: FirstHop | None = None  # asked only when not even hop 1 answered the trace
 
 
 @dataclass
@@ -354,7 +356,7 @@ def rule_filtered(o: Observation) -> Diagnosis:
     p, t = o.probe, o.trace
     last = t.drop_after_hop if t is not None else None
     ev = _facts(o, (last or 0) + 1)
-    where = f"dropped after {_at(last, _hop_address(o, last))}" if last else "dropped before the first hop"
+    where = f"dropped after {_at(last, _hop_address(o, last))}" if last else "no answer, not even from hop 1"
     cloud = _cloud_diagnosis(o, where, ev)
     if cloud is not None:
         return cloud
@@ -383,8 +385,10 @@ def rule_filtered(o: Observation) -> Diagnosis:
                 ),
             ],
         )
-    addr = _hop_address(o, last) if last else None
-    location = Location(kind="hop", hop=last, address=addr) if last else Location(kind="local")
+    if not last:
+        return _silent_from_hop_1(o, ev)
+    addr = _hop_address(o, last)
+    location = Location(kind="hop", hop=last, address=addr)
     ctl = t.control
     dest_hop = ctl.furthest_hop if ctl is not None and ctl.reached_destination else None
     if ctl is not None and t.port_specific is False:
@@ -430,6 +434,110 @@ def rule_filtered(o: Observation) -> Diagnosis:
             ),
         ]
     return Diagnosis("firewall", where, location, ev, steps, candidates)
+
+
+def _silent_from_hop_1(o: Observation, ev: list[Evidence]) -> Diagnosis:
+    """Not even hop 1 answered, yet the SYNs left this host (a local refusal is rule_local's).
+    The first hop, from this host's routing table, and its answer to an echo of its own tell a
+    destination that drops on a directly connected network, a gateway that is up but forwards
+    nothing, and a gateway (or link) that is down."""
+    p, t, hop = o.probe, o.trace, o.first_hop
+    ctl = t.control
+    port_specific = t.port_specific is True
+    if ctl is not None and ctl.reached_destination and ctl.furthest_hop == 1:
+        return Diagnosis(
+            "firewall",
+            f"dropped by {o.address} itself (directly connected: it answers the control, not TCP {p.port})",
+            Location(kind="destination", hop=1, address=o.address),
+            ev,
+            [f"Allow TCP {p.port} in {o.address}'s own firewall (its INPUT rules), or start the service"],
+        )
+    if hop is None or hop.gateway is None:
+        via = f" on {hop.interface}" if hop is not None and hop.interface else ""
+        direct = hop is not None
+        return Diagnosis(
+            "network",
+            f"no answer from {o.address}"
+            + (f", directly connected{via}" if direct else ", not even from hop 1"),
+            Location(kind="destination" if direct else "hop", hop=1, address=o.address if direct else None),
+            ev,
+            [
+                f"{o.address} is on a directly connected network{via} and answers nothing: check "
+                "that it is up and that its firewall lets this host in"
+                if direct
+                else "Nothing on the path answered, not even the first router: check this host's "
+                "link and gateway"
+            ],
+        )
+    gw = f"{hop.gateway} (via {hop.interface})" if hop.interface else hop.gateway
+    where = Location(kind="hop", hop=1, address=hop.gateway)
+    ev = [*ev, Evidence(source="trace", ref=_ref(o, "trace", "/gateway"), fact=_gateway_fact(hop))]
+    if port_specific:
+        return Diagnosis(
+            "firewall",
+            f"dropped by the gateway {gw} (the control gets through)",
+            where,
+            ev,
+            [
+                f"The gateway {gw} forwards other traffic to {o.address} but drops TCP {p.port}: "
+                "allow it there"
+            ],
+        )
+    if hop.answers is False:
+        return Diagnosis(
+            "network",
+            f"the gateway {gw} answers nothing",
+            where,
+            ev,
+            [
+                f"The gateway {gw} does not answer, not even an echo to its own address: it or the "
+                "link to it is down (check the interface, ARP/ND: `ip neigh`)"
+            ],
+            candidates=[
+                Candidate(
+                    cause="network",
+                    reason="the gateway or the link is down",
+                    how_to_tell="`ip neigh show` for the gateway; the link's state",
+                ),
+                Candidate(
+                    cause="firewall",
+                    reason="the gateway drops everything, echo to itself included",
+                    how_to_tell="its rules and counters",
+                ),
+            ],
+        )
+    up = " is up (it answers echo) but" if hop.answers else ""
+    return Diagnosis(
+        "network",
+        f"the gateway {gw}{up} forwards nothing to {o.address}",
+        where,
+        ev,
+        [
+            f"The gateway {gw}{up} forwards nothing to {o.address} and answers nothing for it: "
+            f"check its route to {o.address} (a black hole) and its forwarding filter"
+        ],
+        candidates=[
+            Candidate(
+                cause="network",
+                reason=f"a black-hole route for {o.address} on the gateway",
+                how_to_tell="`ip route get` on the gateway",
+            ),
+            Candidate(
+                cause="firewall",
+                reason=f"the gateway's forwarding filter drops all traffic to {o.address}",
+                how_to_tell="its rules and counters",
+            ),
+        ],
+    )
+
+
+def _gateway_fact(hop: FirstHop) -> str:
+    asked = {
+        True: "answers an echo to its own address",
+        False: "does not answer an echo to its own address",
+        None: "was not asked (no ICMP socket)",
+    }[hop.answers]
+    return f"first hop from this host's routing table: {hop.gateway} via {hop.interface}; it {asked}"
 
 
 def diagnose_address(o: Observation, target: str) -> Diagnosis:

@@ -9,6 +9,7 @@ only silent drops wait for timeouts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -214,10 +215,27 @@ async def measure(
         obs[(t.host, t.address, t.port)].trace = tr
     for t, s in zip(open_, checked, strict=True):
         obs[(t.host, t.address, t.port)].smtp = s
+    await _ask_first_hops([o for o in obs.values() if o.trace is not None and o.trace.drop_after_hop == 0])
     if read is not None:
         for (_, address, port), o in obs.items():
             o.cloud = read.evaluate(address, port)
     return obs, identity
+
+
+async def _ask_first_hops(silent: list[Observation]) -> None:
+    """Where not even hop 1 answered: the first hop from this host's routing table, and whether
+    that gateway answers an echo to its own address (each gateway asked once)."""
+    from mailpath.probes.local import echo, first_hop
+
+    hops = {o.address: await asyncio.to_thread(first_hop, o.address) for o in silent}
+    gateways = sorted({h.gateway for h in hops.values() if h is not None and h.gateway})
+    answers = dict(
+        zip(gateways, await asyncio.gather(*(asyncio.to_thread(echo, g) for g in gateways)), strict=True)
+    )
+    for o in silent:
+        hop = hops[o.address]
+        if hop is not None:
+            o.first_hop = dataclasses.replace(hop, answers=answers.get(hop.gateway)) if hop.gateway else hop
 
 
 # -- stage 5: findings ------------------------------------------------------------------------
