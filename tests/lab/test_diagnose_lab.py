@@ -170,6 +170,45 @@ def test_network(world):
     assert f["cause"] == "network" and f["location"]["hop"] == 2
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_first_router_black_holes_the_destination(world, family):
+    """Nothing answers, not even hop 1 (a blackhole route swallows even the probes that expire
+    there): the finding names the gateway from this host's routing table, which answers its
+    own echo, and never this host or a hop 0."""
+    lab = world.lab
+    dest = world.addresses("good")[family == 6]
+    lab.route("r1", "blackhole", dest=f"{dest}/{128 if family == 6 else 32}", family=family)
+    run, found = diagnose(world, dest, "-p", "25", "--no-cloud")
+    f = only(found, 25)
+    gateway = lab.addr("r1", family)
+    assert f["cause"] == "network" and f["location"] == {
+        "kind": "hop",
+        "hop": 1,
+        "address": gateway,
+        "component": None,
+    }, f
+    assert "is up (it answers echo) but forwards nothing" in f["headline"]
+    assert any(e["ref"].endswith("/gateway") and "answers an echo" in e["fact"] for e in f["evidence"])
+    text = json.dumps(f)
+    assert "hop 0" not in text and "this host" not in f["headline"]
+
+
+def test_directly_connected_destination_that_drops(world):
+    """r1 itself as the destination, dropping TCP 2600 in its INPUT chain: the control echo
+    reaches it at hop 1, so the drop is the destination's own, not this host's."""
+    lab = world.lab
+    r1 = lab.addr("r1", 4)
+    lab.sh("r1", "iptables -I INPUT -p tcp --dport 2600 -j DROP")
+    try:
+        run, found = diagnose(world, r1, "-p", "2600", "--no-cloud")
+    finally:
+        lab.sh("r1", "iptables -D INPUT -p tcp --dport 2600 -j DROP")
+    f = only(found, 2600)
+    assert f["cause"] == "firewall" and f["location"]["kind"] == "destination", f
+    assert f["location"]["hop"] == 1 and f["location"]["address"] == r1
+    assert "hop 0" not in json.dumps(f)
+
+
 def test_bad_input_and_exit_codes(world):
     for args in (
         ("diagnose", "bad host!"),
