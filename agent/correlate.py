@@ -35,7 +35,14 @@ if TYPE_CHECKING:  # the types only: correlation reads results, it runs no probe
     from mailpath.probes.smtp import SmtpResult
     from mailpath.probes.trace import TraceResult
 
-SERVICE_CODES = ("no-greeting", "service-refused", "timeout", "connect-failed")
+SERVICE_CODES = (
+    "no-greeting",
+    "service-refused",
+    "service-temporary",
+    "timeout",
+    "connect-failed",
+    "check-failed",
+)
 TLS_CODES = (
     "tls-mismatch",
     "tls-handshake-failed",
@@ -44,8 +51,17 @@ TLS_CODES = (
     "cert-untrusted",
     "cert-name-mismatch",
     "cert-expired",
+    "tls-client-cert-required",
 )
 AUTH_CODES = ("auth-failed", "auth-unsupported")
+# the envelope test (--from/--to): relaying needs AUTH; the rest is the server's own policy
+ENVELOPE_CODES = (
+    "relay-denied",
+    "sender-refused",
+    "recipient-refused",
+    "sender-deferred",
+    "recipient-deferred",
+)
 CERTAIN_CLOUD = ("security-group", "network-acl", "route-table", "internet-gateway")
 
 
@@ -172,6 +188,20 @@ TLS_FIXES = {  # every TLS code but tls-mismatch (TLS_MISMATCH_TEXTS)
     "starttls-failed": "Fix TLS on {target}:{port}: STARTTLS is offered but refused",
     "tls-handshake-failed": "Fix TLS on {target}:{port}: the handshake fails (protocols, ciphers, "
     "certificate chain)",
+    "tls-client-cert-required": "{target}:{port} requires a client certificate: give the application one "
+    "the server trusts, or submit on a port that does not require it",
+}
+ENVELOPE_FIXES = {
+    "relay-denied": "{target} relays only for authenticated clients: submit on 587/465 with AUTH, or send "
+    "only to domains {target} receives mail for",
+    "sender-refused": "{target} refuses the sender address: use one it accepts (its domain, SPF/DMARC "
+    "policy, sender restrictions)",
+    "recipient-refused": "{target} refuses the recipient: check the address (unknown user, or a domain it "
+    "does not serve)",
+    "sender-deferred": "{target} defers the sender (4xx, temporary): retry later; if it persists, check "
+    "greylisting and rate limits",
+    "recipient-deferred": "{target} defers the recipient (4xx, temporary): retry later; if it persists, "
+    "check greylisting and the mailbox",
 }
 AUTH_FIXES = {
     "auth-failed": "Check the user name and password the application uses",
@@ -188,9 +218,15 @@ def _tls_mismatch_fix(mode: str, port: int) -> str:
 
 
 def _accepts_summary(s: SmtpResult) -> str:
-    """ "accepts mail (starttls, TLSv1.3)"; "no TLS" when the session had none."""
+    """What the session reached, in the words a mail administrator uses: "accepts mail" only
+    when a recipient was accepted; else "AUTH ok" or "EHLO accepted" (starttls, TLSv1.3)."""
     mode = s.tls_mode if s.tls_mode != "none" else "no TLS"
-    return f"accepts mail ({mode}{', ' + s.tls['version'] if s.tls else ''})"
+    tls = f"({mode}{', ' + s.tls['version'] if s.tls else ''})"
+    if accepted := s.accepted_recipients:
+        return f"accepts mail for {', '.join(accepted)} {tls}"
+    if s.auth and s.auth.get("ok"):
+        return f"AUTH ok, EHLO accepted {tls}; no envelope tested (--from/--to)"
+    return f"EHLO accepted {tls}; no envelope tested (--from/--to)"
 
 
 def _smtp_facts(o: Observation, s: SmtpResult) -> list[Evidence]:
@@ -219,6 +255,10 @@ def rule_open(o: Observation, target: str) -> Diagnosis:
     codes = [p.code for p in s.problems]
     if service := _among(codes, SERVICE_CODES):
         fix = SERVICE_FIX.format(address=o.address, port=port, code=service[0])
+        if service[0] == "service-temporary":
+            return Diagnosis(
+                "service", "SMTP service defers (4xx, temporary)", where, ev, [fix], severity="warning"
+            )
         return Diagnosis("service", f"SMTP service fails ({service[0]})", where, ev, [fix])
     if "tls-mismatch" in codes:
         mode = "implicit" if s.tls_mode == "implicit" else "plaintext"
@@ -230,6 +270,16 @@ def rule_open(o: Observation, target: str) -> Diagnosis:
     if auth := _among(codes, AUTH_CODES):
         fix = AUTH_FIXES["auth-failed" if "auth-failed" in auth else "auth-unsupported"].format(port=port)
         return Diagnosis("auth", f"AUTH fails ({', '.join(auth)})", where, ev, [fix])
+    if envelope := _among(codes, ENVELOPE_CODES):
+        cause = "auth" if envelope[0] == "relay-denied" else "service"
+        deferred = all(c.endswith("-deferred") for c in envelope)
+        fixes = [ENVELOPE_FIXES[c].format(target=target) for c in dict.fromkeys(envelope)]
+        summary = (
+            f"the envelope is {'deferred' if deferred else 'refused'} ({', '.join(dict.fromkeys(envelope))})"
+        )
+        if s.accepted_recipients:
+            summary += f"; accepts mail for {', '.join(s.accepted_recipients)}"
+        return Diagnosis(cause, summary, where, ev, fixes, severity="warning" if deferred else "error")
     if "auth-in-clear" in codes:
         fix = AUTH_IN_CLEAR_FIX.format(target=target, port=port)
         return Diagnosis("tls", "AUTH is offered before TLS", where, ev, [fix], severity="warning")
@@ -237,8 +287,32 @@ def rule_open(o: Observation, target: str) -> Diagnosis:
 
 
 def rule_refused(o: Observation) -> Diagnosis:
-    """A RST from the destination itself: nothing listens there."""
+    """A RST from the destination itself: nothing listens there. Through connect() a RST
+    cannot be placed, so a firewall forging it stays a candidate."""
     p = o.probe
+    if p.method == "connect":
+        return Diagnosis(
+            "service",
+            f"refused (a RST) for {p.port} at {o.address}: the server, or a firewall forging it",
+            Location(kind="destination", address=o.address),
+            [_probe_fact(o)],
+            [
+                f"Is anything listening on {o.address}:{p.port}? If it is, a firewall in the path forges "
+                "the RST: run mailpath with CAP_NET_RAW (as root, or --method raw) to tell which",
+            ],
+            candidates=[
+                Candidate(
+                    cause="service",
+                    reason=f"nothing listens on {o.address}:{p.port}",
+                    how_to_tell="the RST's TTL matches the destination's distance (raw probes)",
+                ),
+                Candidate(
+                    cause="firewall",
+                    reason="a firewall or IPS in the path forges the RST",
+                    how_to_tell="the RST's TTL says a nearer hop sent it (raw probes, CAP_NET_RAW)",
+                ),
+            ],
+        )
     return Diagnosis(
         "service",
         f"refused by {o.address} (nothing listens on {p.port})",

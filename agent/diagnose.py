@@ -247,6 +247,7 @@ def _address_result(o: Observation) -> AddressResult:
         address=o.address,
         verdict=str(p.verdict),
         method=p.method,
+        limitations=p.limitations,
         responder=p.responder,
         responder_hop=p.responder_hop,
         destination_hop=p.destination_hop,

@@ -78,7 +78,8 @@ class SmtpSummary(_Model):
 class AddressResult(_Model):
     address: str
     verdict: str  # the probe vocabulary: open, refused, reset-in-path, rejected, unreachable, filtered
-    method: str = "raw"
+    method: str = "raw"  # raw (SYN probes) or connect (no CAP_NET_RAW)
+    limitations: list[str] = Field(default_factory=list)  # what this method cannot tell apart
     responder: str | None = None
     responder_hop: int | None = None
     destination_hop: int | None = None

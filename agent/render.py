@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from mailpath.probes.classify import Verdict
 from mailpath.probes.dns import MailRoute
 from mailpath.probes.result import ProbeResult
@@ -9,6 +11,7 @@ from mailpath.probes.smtp import SmtpResult
 from mailpath.probes.trace import Hop, TraceResult
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 VERDICT_STYLE = {
     Verdict.OPEN: "green",
@@ -252,35 +255,87 @@ CAUSE_STYLE = {
 }
 
 
-def print_findings(findings, console: Console | None = None) -> None:
-    """The human report: a headline per target and port, then evidence and what to do.
-    Deterministic for given findings (no times, ids or round-trip times): a golden file
-    test holds it still."""
-    console = console or Console()
+def say(console: Console, text: str, indent: int = 0, hang: int = 2, style: str = "", keep: str = "") -> None:
+    """Print ``text`` wrapped at spaces to the console's width (80 in a log file), with a hanging
+    indent, never splitting a word or an address; ``keep`` (a suffix of text) stays on one line."""
+    glue = "\x00"
+    if keep and text.endswith(keep):
+        text = text[: -len(keep)] + keep.replace(" ", glue)
+    lines = textwrap.wrap(
+        text,
+        width=max(console.width, 40),
+        initial_indent=" " * indent,
+        subsequent_indent=" " * (indent + hang),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    for line in lines or [""]:
+        console.print(Text(line.replace(glue, " "), style=style), soft_wrap=True)
+
+
+def _where(loc) -> str:
+    return {
+        "local": "this host (the packet never left it)",
+        "destination": f"the destination {loc.address or ''}".strip()
+        + (f" (hop {loc.hop})" if loc.hop else ""),
+        "hop": f"hop {loc.hop}" + (f" ({loc.address})" if loc.address else ""),
+        "cloud": f"cloud component {loc.component}",
+    }[loc.kind]
+
+
+def _grouped(findings) -> list[tuple[list[int], object]]:
+    """Findings with the ports they stand for: a DNS failure of one target is told once, for
+    all its ports (its findings differ only in the port)."""
+    out: list[tuple[list[int], object]] = []
     for f in findings:
-        console.print(f"[bold {CAUSE_STYLE[f.cause]}]{f.headline}[/]", highlight=False)
+        if out and f.cause == "dns" and out[-1][1].cause == "dns" and out[-1][1].target == f.target:
+            out[-1][0].append(f.port)
+        else:
+            out.append(([f.port], f))
+    return out
+
+
+def print_findings(findings, console: Console | None = None) -> None:
+    """The human report: a headline per target and port, then evidence and what to do, and one
+    summary line. Deterministic for given findings (no times, ids or round-trip times): a
+    golden file test holds it still."""
+    console = console or Console()
+    for ports, f in _grouped(findings):
+        headline = f.headline
+        if len(ports) > 1:
+            headline = f"{', '.join(map(str, ports))}{headline[len(str(f.port)) :]}"
+        cause = headline.rsplit(" — ", 1)[-1]
+        say(console, headline, hang=4, style=f"bold {CAUSE_STYLE[f.cause]}", keep=f" — {cause}")
         if f.addresses:
-            verdicts = ", ".join(f"{a.address} {a.verdict}" for a in f.addresses)
-            console.print(f"  addresses: {verdicts}", highlight=False)
+            say(console, "addresses: " + ", ".join(f"{a.address} {a.verdict}" for a in f.addresses), 2, 4)
+        connect = next((a for a in f.addresses if a.method == "connect"), None)
+        if connect is not None:
+            say(console, "method: connect() (no CAP_NET_RAW); " + "; ".join(connect.limitations), 2, 4)
         if f.location is not None and f.cause != "none":
-            loc = f.location
-            where = {
-                "local": "this host",
-                "destination": f"the destination {loc.address or ''}".strip(),
-                "hop": f"hop {loc.hop}" + (f" ({loc.address})" if loc.address else ""),
-                "cloud": f"cloud component {loc.component}",
-            }[loc.kind]
-            console.print(f"  where: {where}", highlight=False)
+            say(console, f"where: {_where(f.location)}", 2, 4)
         if f.evidence:
             console.print("  evidence:")
             for e in f.evidence:
-                console.print(f"    - [dim]{e.ref}[/] {e.fact}", highlight=False)
+                say(console, f"- {e.ref} {e.fact}", 4, 2)
         if f.remediation:
             console.print("  what to do:")
             for n, step in enumerate(f.remediation, 1):
-                console.print(f"    {n}. {step}", highlight=False)
+                say(console, f"{n}. {step}", 4, 3)
         if f.candidates:
             console.print("  causes the evidence leaves open:")
             for c in f.candidates:
-                console.print(f"    - {c.cause}: {c.reason} (to tell: {c.how_to_tell})", highlight=False)
+                say(console, f"- {c.cause}: {c.reason} (to tell: {c.how_to_tell})", 4, 2)
         console.print()
+    say(console, summary_line(findings))
+
+
+def summary_line(findings) -> str:
+    """ "3 targets, 9 ports: 6 ok, 3 with a problem (firewall 2, tls 1)"."""
+    targets = {f.target for f in findings}
+    bad = [f.cause for f in findings if f.cause != "none"]
+    counts = ", ".join(f"{c} {bad.count(c)}" for c in sorted(set(bad), key=lambda c: (-bad.count(c), c)))
+    text = (
+        f"{len(targets)} target{'s' * (len(targets) != 1)}, {len(findings)} "
+        f"port{'s' * (len(findings) != 1)}: {len(findings) - len(bad)} ok"
+    )
+    return text + (f", {len(bad)} with a problem ({counts})" if bad else "")

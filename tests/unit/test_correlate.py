@@ -271,7 +271,7 @@ def test_findings_validate_against_the_published_schema():
 
 
 def test_human_report_matches_the_golden_file():
-    console = Console(width=100, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
     print_findings(_fixed_findings(), console)
     got = console.export_text()
     golden = ROOT / "tests" / "golden" / "diagnose-report.txt"

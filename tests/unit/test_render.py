@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
 from mailpath.agent.render import port_ranges, print_probe
@@ -30,3 +32,29 @@ def test_many_results_are_grouped_by_verdict():
     print_probe(results, console)
     text = console.export_text()
     assert "20000-20099" in text and "100" in text and "open" in text and text.count("filtered") == 1
+
+
+def test_report_lines_fit_80_columns_and_never_split_an_address_or_the_cause():
+    from mailpath.agent.finding import Agent, Evidence, Finding, Location
+    from mailpath.agent.render import print_findings
+
+    v6 = "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe"
+    f = Finding(
+        agent=Agent(hostname="h", version="0"),
+        target="a-rather-long-mail-exchanger-name.subdomain.example.com",
+        port=587,
+        cause="cloud-config",
+        location=Location(kind="hop", hop=2, address=v6),
+        headline=f"587 on a-rather-long-mail-exchanger-name.subdomain.example.com: dropped after hop 2 "
+        f"({v6}): sg-0123456789abcdef0 blocks it — cloud-config",
+        evidence=[Evidence(source="trace", ref=f"trace:{v6}:587/ttl=3", fact=f"silent after {v6} " * 3)],
+        remediation=[f"Change security-group sg-0123456789abcdef0: allow TCP 587 to {v6} " * 2],
+        severity="error",
+    )
+    console = Console(width=80, record=True, color_system=None, file=open(os.devnull, "w"))  # noqa: SIM115
+    print_findings([f], console)
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "— cloud-config" in text  # the cause stays with the dash
+    assert text.count("2001:db8") == text.count(v6)  # every address whole on its line
+    assert text.rstrip().endswith("1 target, 1 port: 0 ok, 1 with a problem (cloud-config 1)")
