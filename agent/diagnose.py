@@ -85,9 +85,33 @@ async def plan(target: str, opts: DiagnoseOptions) -> list[Plan]:
             route = None
         if route is not None:
             plans = _plans_from_route(name, route)
+            if plans is not None and await _known_to_the_system(plans, opts):
+                note = Evidence(
+                    source="dns",
+                    ref=f"dns:{name}/address",
+                    fact=f"DNS has no domain {name} (NXDOMAIN), but this host's resolver knows it as a "
+                    "host (/etc/hosts or a search domain): diagnosed as that host",
+                )
+                return await _fill_from_system([Plan(name, [], dns=[note])], opts)
             if plans is not None:
                 return await _fill_from_system(plans, opts)
     return await _fill_from_system([Plan(name, [])], opts)
+
+
+async def _known_to_the_system(plans: list[Plan], opts: DiagnoseOptions) -> bool:
+    """DNS says the name does not exist, yet the system resolver (/etc/hosts, search domains)
+    knows it as a host: then it is that host (the caller resolves it again), and the evidence
+    says why. Only for the system's resolver: with --nameserver, DNS is what was asked for."""
+    if opts.nameservers or len(plans) != 1 or plans[0].dns_cause != "nxdomain":
+        return False
+    from mailpath.probes.dns import system_addresses
+
+    host = plans[0].host
+    try:
+        await asyncio.to_thread(system_addresses, host)
+    except ResolveError:
+        return False
+    return True
 
 
 def _plans_from_route(domain: str, route) -> list[Plan] | None:

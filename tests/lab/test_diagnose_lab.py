@@ -209,6 +209,18 @@ def test_directly_connected_destination_that_drops(world):
     assert "hop 0" not in json.dumps(f)
 
 
+def test_a_name_only_the_system_resolver_knows_is_a_host(world):
+    """DNS says NXDOMAIN, /etc/hosts knows the name: diagnosed as that host, and said so."""
+    world.lab.add_host("intranet.lab.test", *world.addresses("good"))
+    run, found = diagnose(world, "intranet.lab.test", "-p", "25", "--no-cloud")
+    f = only(found, 25)
+    # diagnosed as that host: its certificate does not carry the /etc/hosts alias, rightly
+    assert f["cause"] == "tls" and f["target"] == "intranet.lab.test", f
+    assert "cert-name-mismatch" in f["addresses"][0]["smtp"]["problems"]
+    assert {a["address"] for a in f["addresses"]} == set(world.addresses("good"))
+    assert any("knows it as a host" in e["fact"] for e in f["evidence"])
+
+
 def test_bad_input_and_exit_codes(world):
     for args in (
         ("diagnose", "bad host!"),
