@@ -21,7 +21,6 @@ from mailpath.agent.finding import (
     Agent,
     Evidence,
     Finding,
-    Location,
     SmtpSummary,
     TraceHop,
     TraceSummary,
@@ -121,7 +120,11 @@ def _plans_from_route(domain: str, route) -> list[Plan] | None:
         for p in route.problems
         if p.code != "no-mx"
     ]
-    fatal = [p for p in route.problems if p.code in ("nxdomain", "null-mx", "servfail", "dns-timeout")]
+    fatal = [
+        p
+        for p in route.problems
+        if p.code in ("nxdomain", "null-mx", "servfail", "dns-timeout", "dns-refused")
+    ]
     if fatal and not route.mx:
         return [Plan(domain, [], None, ev, fatal[0].code)]
     if not route.mx or route.implicit_mx:
@@ -298,7 +301,8 @@ def _address_result(o: Observation) -> AddressResult:
     )
 
 
-_RESOLVE_CAUSE = {
+_RESOLVE_CAUSE = {  # ResolveError.kind -> the finding's DNS cause
+    "refused": "dns-refused",
     "nxdomain": "nxdomain",
     "nodata": "no-address",
     "servfail": "servfail",
@@ -313,22 +317,32 @@ _DNS_STEPS = {
     "nameservers",
     "mx-no-address": "The MX host has no A/AAAA record: fix the MX target's address records",
     "no-address": "The name exists but has no A/AAAA record: fix its address records",
+    "dns-refused": "The nameserver given with --nameserver refuses DNS (nothing listens on its port): "
+    "check its address and port, and that it runs",
     "unresolvable": "The name does not resolve here: check /etc/hosts, the resolver and the name",
     "no-address-in-family": "The host has no address of the requested IP family",
 }
 
 
-def _dns_finding(p: Plan, port: int, agent: Agent) -> Finding:
+def _dns_step(cause: str, nameservers: list[tuple[str, int]]) -> str:
+    """What to do about a DNS cause; about the nameservers asked when they were given."""
+    if nameservers and cause == "dns-timeout":
+        asked = ", ".join(a for a, _ in nameservers)
+        return f"The nameserver given with --nameserver ({asked}) does not answer in time: check it"
+    return _DNS_STEPS.get(cause, "Fix the DNS records of the target")
+
+
+def _dns_finding(p: Plan, port: int, agent: Agent, nameservers: list[tuple[str, int]]) -> Finding:
     return Finding(
         agent=agent,
         target=p.host,
         domain=p.domain,
         port=port,
         cause="dns",
-        location=Location(kind="local"),
+        location=None,  # the name's DNS, not a place on the path
         headline=f"{port} on {p.host}: {p.dns_cause.replace('-', ' ')} — dns",
         evidence=p.dns,
-        remediation=[_DNS_STEPS.get(p.dns_cause, "Fix the DNS records of the target")],
+        remediation=[_dns_step(p.dns_cause, nameservers)],
         severity="error",
     )
 
@@ -343,7 +357,7 @@ def findings(plans: list[Plan], obs: dict, opts: DiagnoseOptions, agent: Agent) 
     for p in plans:
         for port in opts.ports:
             if p.dns_cause or not p.addresses:
-                out.append(_dns_finding(p, port, agent))
+                out.append(_dns_finding(p, port, agent, opts.nameservers))
                 continue
             group = [obs[(p.host, a, port)] for a in p.addresses]
             d: Diagnosis = combine(group, p.host)

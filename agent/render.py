@@ -161,8 +161,8 @@ def print_traces(results: list[TraceResult], console: Console | None = None) -> 
 
 def _problems(console: Console, problems) -> None:
     for p in problems:
-        where = f" [dim]({p.stage})[/]" if getattr(p, "stage", None) else ""
-        console.print(f"  [red]{p.code}[/]{where}: {p.message}")
+        where = f" ({p.stage})" if getattr(p, "stage", None) else ""
+        say(console, f"{p.code}{where}: {p.message}", 2, 4)
 
 
 def print_route(route: MailRoute, console: Console | None = None) -> None:
@@ -275,7 +275,7 @@ def say(console: Console, text: str, indent: int = 0, hang: int = 2, style: str 
 
 def _where(loc) -> str:
     return {
-        "local": "this host (the packet never left it)",
+        "local": "this host",
         "destination": f"the destination {loc.address or ''}".strip()
         + (f" (hop {loc.hop})" if loc.hop else ""),
         "hop": f"hop {loc.hop}" + (f" ({loc.address})" if loc.address else ""),

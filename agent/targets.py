@@ -58,6 +58,25 @@ def is_hostname(name: str) -> bool:
     return all(_LABEL.match(label) for label in labels)
 
 
+def ascii_name(name: str) -> str:
+    """A host or domain name as DNS carries it: internationalised names converted to IDNA
+    (``bücher.example`` -> ``xn--bcher-kva.example``); a name too long for DNS refused."""
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InputError(
+                f"invalid name {name!r}: cannot convert it to IDNA (give its xn-- form)"
+            ) from None
+    bare = name[:-1] if name.endswith(".") else name
+    if len(bare) > 253:
+        raise InputError(f"name too long: {len(bare)} characters, DNS allows 253 ({bare[:40]}...)")
+    for label in bare.split("."):
+        if len(label) > 63:
+            raise InputError(f"label {label!r} is longer than 63 characters")
+    return name
+
+
 def parse_target(text: str) -> tuple[str, int | None]:
     """Split a target into (host, port or None). IPv6 literals need brackets to carry a port."""
     text = text.strip()
@@ -75,7 +94,7 @@ def parse_target(text: str) -> tuple[str, int | None]:
     host, sep, port = text.partition(":")
     if _is_ip(host, 4):
         host = str(IPv4Address(host))
-    elif not is_hostname(host):
+    elif not is_hostname(host := ascii_name(host)):
         raise InputError(f"invalid host {host!r} in target {text!r}")
     return host, (_port(port, text) if sep else None)
 
@@ -111,6 +130,7 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 
 
 def parse_domain(text: str) -> str:
+    text = ascii_name(text)
     if not is_hostname(text):
         raise InputError(f"invalid domain {text!r}")
     return text.rstrip(".").lower()

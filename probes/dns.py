@@ -4,7 +4,8 @@
 problems. :func:`lookup_route` does the lookups with dnspython, concurrently.
 
 Problem codes: ``nxdomain``, ``no-mx`` (RFC 5321 §5.1 implicit MX used), ``null-mx``
-(RFC 7505), ``mx-no-address``, ``servfail``, ``dns-timeout``.
+(RFC 7505), ``mx-no-address``, ``servfail``, ``dns-timeout``, ``dns-refused`` (a given
+nameserver refuses at once: nothing listens there).
 """
 
 from __future__ import annotations
@@ -167,7 +168,39 @@ async def addresses_of(resolver, host: str) -> tuple[Outcome, Outcome]:
     return a, aaaa
 
 
+def refuses(address: str, port: int, timeout: float = 1.0) -> bool:
+    """Does the nameserver refuse at the transport (ICMP port unreachable: nothing listens)?
+    A connected UDP socket sees that at once; dnspython's unconnected one would wait out its
+    timeout. An answer, or silence, is not a refusal."""
+    import dns.message
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect((address, port))
+            s.send(dns.message.make_query(".", "NS").to_wire())
+            s.recv(512)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+async def _refusing(nameservers: list[tuple[str, int]], timeout: float) -> list[tuple[str, int]]:
+    checks = [asyncio.to_thread(refuses, a, p, min(timeout, 1.0)) for a, p in nameservers]
+    return [ns for ns, no in zip(nameservers, await asyncio.gather(*checks), strict=True) if no]
+
+
+def _named(nameservers: list[tuple[str, int]]) -> str:
+    return ", ".join(a if p == 53 else (f"[{a}]:{p}" if ":" in a else f"{a}:{p}") for a, p in nameservers)
+
+
 async def lookup_route_async(domain: str, nameservers: list[tuple[str, int]], timeout: float) -> MailRoute:
+    if nameservers and (refused := await _refusing(nameservers, timeout)) == nameservers:
+        message = f"the nameserver {_named(refused)} refused the query: nothing listens there"
+        return MailRoute(domain, [], [Problem("dns-refused", message)], nameservers=[_named(nameservers)])
     resolver = _resolver(nameservers, timeout)
     name = domain.rstrip(".")
     mx = await _query(resolver, name, "MX")
@@ -224,6 +257,10 @@ async def resolve_host(host: str, nameservers: list[tuple[str, int]], timeout: f
         return [str(ip_address(host))]
     except ValueError:
         pass
+    if (refused := await _refusing(nameservers, timeout)) == nameservers:
+        raise ResolveError(
+            host, "refused", f"the nameserver {_named(refused)} refused: nothing listens there"
+        )
     a, aaaa = await addresses_of(_resolver(nameservers, timeout), host)
     addresses = [x for outcome in (a, aaaa) if isinstance(outcome, list) for x in outcome]
     if addresses:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from mailpath.agent.cli.common import JsonOpt, PortsOpt, choice, command, finish
+from mailpath.agent.cli.common import JsonOpt, Port25Opt, choice, command, finish
 
 
 @command("cloud")
 def cloud(
     dest: Annotated[list[str], typer.Option("--dest", help="Destination address or name (repeatable).")],
-    port: PortsOpt = None,
+    port: Port25Opt = None,
     instance_id: Annotated[str | None, typer.Option(help="EC2 instance to evaluate (off EC2).")] = None,
     eni: Annotated[str | None, typer.Option(help="Network interface to evaluate (off EC2).")] = None,
     region: Annotated[

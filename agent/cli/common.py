@@ -44,15 +44,20 @@ class Method(StrEnum):
     connect = "connect"
 
 
-PortsOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "-p",
-        "--port",
-        help="Ports for targets given without one: 25,465,587 or 30000-30100 "
-        "(repeatable). Default 25,465,587.",
-    ),
-]
+def _ports(default: str) -> object:
+    return Annotated[
+        list[str] | None,
+        typer.Option(
+            "-p",
+            "--port",
+            help="Ports for targets given without one: 25,465,587 or 30000-30100 "
+            f"(repeatable). Default {default}.",
+        ),
+    ]
+
+
+PortsOpt = _ports("25,465,587")
+Port25Opt = _ports("25")
 TimeoutOpt = Annotated[float, typer.Option(min=0.01, max=120, help="Seconds to wait for each try.")]
 RetriesOpt = Annotated[int, typer.Option(min=0, max=20, help="Tries after the first.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]

@@ -97,3 +97,17 @@ def test_expand_checks_all_syntax_before_resolving():
     with pytest.raises(InputError):
         expand(["ok.test", "bad host"], [], resolver=lambda h: calls.append(h) or ["198.18.3.2"])
     assert calls == []
+
+
+def test_internationalised_names_become_idna_and_long_names_are_refused():
+    from mailpath.agent.targets import ascii_name, parse_domain, parse_target
+
+    assert ascii_name("bücher.example") == "xn--bcher-kva.example"
+    assert parse_target("bücher.example:587") == ("xn--bcher-kva.example", 587)
+    assert parse_domain("Bücher.Example.") == "xn--bcher-kva.example"
+    with pytest.raises(InputError, match="too long: 254 characters"):
+        ascii_name(".".join(["a" * 63] * 4)[:250] + ".abc")
+    with pytest.raises(InputError, match="longer than 63"):
+        parse_target("a" * 64 + ".example")
+    with pytest.raises(InputError, match="xn-- form"):
+        ascii_name("a\u05d0.example")  # a Hebrew letter after a Latin one: IDNA's bidi rule
