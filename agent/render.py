@@ -326,6 +326,10 @@ def print_findings(findings, console: Console | None = None) -> None:
             for c in f.candidates:
                 say(console, f"- {c.cause}: {c.reason} (to tell: {c.how_to_tell})", 4, 2)
         console.print()
+    for error in dict.fromkeys(
+        f.agent.cloud["error"] for f in findings if (f.agent.cloud or {}).get("error")
+    ):
+        say(console, f"cloud check: {error}", hang=4, style="yellow")
     say(console, summary_line(findings))
 
 

@@ -178,7 +178,7 @@ def test_first_router_black_holes_the_destination(world, family):
     lab = world.lab
     dest = world.addresses("good")[family == 6]
     lab.route("r1", "blackhole", dest=f"{dest}/{128 if family == 6 else 32}", family=family)
-    run, found = diagnose(world, dest, "-p", "25", "--no-cloud")
+    _, found = diagnose(world, dest, "-p", "25", "--no-cloud")
     f = only(found, 25)
     gateway = lab.addr("r1", family)
     assert f["cause"] == "network" and f["location"] == {
@@ -200,7 +200,7 @@ def test_directly_connected_destination_that_drops(world):
     r1 = lab.addr("r1", 4)
     lab.sh("r1", "iptables -I INPUT -p tcp --dport 2600 -j DROP")
     try:
-        run, found = diagnose(world, r1, "-p", "2600", "--no-cloud")
+        _, found = diagnose(world, r1, "-p", "2600", "--no-cloud")
     finally:
         lab.sh("r1", "iptables -D INPUT -p tcp --dport 2600 -j DROP")
     f = only(found, 2600)
@@ -212,13 +212,27 @@ def test_directly_connected_destination_that_drops(world):
 def test_a_name_only_the_system_resolver_knows_is_a_host(world):
     """DNS says NXDOMAIN, /etc/hosts knows the name: diagnosed as that host, and said so."""
     world.lab.add_host("intranet.lab.test", *world.addresses("good"))
-    run, found = diagnose(world, "intranet.lab.test", "-p", "25", "--no-cloud")
+    _, found = diagnose(world, "intranet.lab.test", "-p", "25", "--no-cloud")
     f = only(found, 25)
     # diagnosed as that host: its certificate does not carry the /etc/hosts alias, rightly
     assert f["cause"] == "tls" and f["target"] == "intranet.lab.test", f
     assert "cert-name-mismatch" in f["addresses"][0]["smtp"]["problems"]
     assert {a["address"] for a in f["addresses"]} == set(world.addresses("good"))
     assert any("knows it as a host" in e["fact"] for e in f["evidence"])
+
+
+def test_cloud_asked_for_but_not_found_is_said(world):
+    _, found = diagnose(world, "good.lab.test", "-p", "587", "--cloud")
+    assert {f["cause"] for f in found} == {"none"}
+    errors = [f["agent"]["cloud"]["error"] for f in found]
+    assert all("not on a recognised cloud host" in e for e in errors), errors
+    r = world.lab.exec(
+        "client",
+        [MAILPATH, "diagnose", "good.lab.test", "-p", "587", "--cloud", "--ca-file", str(world.ca_file)],
+        check=False,
+        timeout=120,
+    )
+    assert "cloud check: cloud check failed: not on a recognised cloud host" in " ".join(r.stdout.split())
 
 
 def test_bad_input_and_exit_codes(world):
