@@ -41,6 +41,9 @@ REJECTS = {
 ACTIONS = ("drop", *REJECTS)
 ROUTE_TYPES = ("unreachable", "prohibit", "blackhole")
 NODES = ("client", "r1", "r2", "server")
+# Each running lab registers its prefix and pid here, so sweep() removes only the namespaces of
+# this project's own runs that died, never another lab's nor anything else named alike.
+REGISTRY = Path("/run/mailpath-lab")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class Lab:
         _install_sigterm_cleanup()
         _LIVE.add(self)
         self._up = True
+        REGISTRY.mkdir(parents=True, exist_ok=True)
+        (REGISTRY / self.prefix).write_text(f"{os.getpid()}\n")
         try:
             self._build()
         except BaseException:
@@ -201,6 +206,7 @@ class Lab:
         self._on_down.clear()
         for node in NODES:
             _delete_ns(self.ns(node))
+        (REGISTRY / self.prefix).unlink(missing_ok=True)
 
     # -- running things ------------------------------------------------------------------
 
@@ -385,13 +391,25 @@ def _install_sigterm_cleanup() -> None:
         pass
 
 
-def sweep(prefix: str = "mp") -> list[str]:
-    """Delete lab namespaces left behind by a killed run (names ``<prefix>*-<node>``)."""
-    names = [line.split()[0] for line in _run(["ip", "netns", "list"]).stdout.splitlines() if line]
-    stale = [n for n in names if n.startswith(prefix) and n.rsplit("-", 1)[-1] in NODES]
-    for ns in stale:
-        _delete_ns(ns)
-    return stale
+def sweep() -> list[str]:
+    """Delete the namespaces of this project's lab runs that died without cleaning up: those
+    registered in REGISTRY whose process is gone. Returns the namespaces removed."""
+    names = {line.split()[0] for line in _run(["ip", "netns", "list"]).stdout.splitlines() if line}
+    removed = []
+    for entry in REGISTRY.glob("mp*") if REGISTRY.is_dir() else []:
+        try:
+            os.kill(int(entry.read_text().split()[0]), 0)
+            continue  # its run is still alive: not ours to remove
+        except (ProcessLookupError, ValueError, IndexError):
+            pass
+        except PermissionError:
+            continue
+        for ns in (f"{entry.name}-{node}" for node in NODES):
+            if ns in names:
+                _delete_ns(ns)
+                removed.append(ns)
+        entry.unlink(missing_ok=True)
+    return removed
 
 
 def _delete_ns(ns: str) -> None:

@@ -266,3 +266,27 @@ def test_a_transparent_proxy_on_the_path_is_named(faults):
     assert genuine["verdict"] == proxied["verdict"] == "open"
     assert proxied["responder"] == lab.server4 and proxied["responder_hop"] == 1
     assert proxied["destination_hop"] == 3 and "a device in the path answered" in proxied["reason"]
+
+
+def test_sweep_removes_only_the_namespaces_of_dead_runs_of_this_lab():
+    """A lab whose process was killed (no cleanup) is swept; a namespace that merely looks like
+    a lab's, and a live lab, are left alone."""
+    from lab import Lab, sweep
+
+    code = "from lab import Lab; lab = Lab().up(); print(lab.prefix, flush=True); import time; time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    foreign = "mpf0reign-client"
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        with Lab() as live:
+            dead = child.stdout.readline().strip()
+            child.kill()
+            child.wait()
+            removed = sweep()
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert sorted(removed) == sorted(f"{dead}-{n}" for n in ("client", "r1", "r2", "server"))
+            assert foreign in listed and live.ns("client") in listed
+            assert not any(f"{dead}-" in line for line in listed.splitlines())
+    finally:
+        child.kill()
+        subprocess.run(["ip", "netns", "del", foreign], check=False)
