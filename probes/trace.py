@@ -316,7 +316,9 @@ class TraceRun:
         terminal = main.terminal_ttl
         if terminal is None:
             last = main.last_answered
-            where = f"hop {last} ({_address(main, last)})" if last else "this host (no hop answered)"
+            if not last:
+                return Verdict.FILTERED, None, None, f"SYNs to port {main.port} get no answer, not even from hop 1"
+            where = f"hop {last} ({_address(main, last)})"
             return Verdict.FILTERED, None, None, f"SYNs to port {main.port} go silent after {where}"
         r = _terminal_reply(main)
         hop = r.hop

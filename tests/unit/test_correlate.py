@@ -13,6 +13,7 @@ from mailpath.agent.finding import Agent, Finding, json_schema
 from mailpath.agent.render import print_findings
 from mailpath.cloud.evaluate import Blocker, Evaluation
 from mailpath.probes.classify import Verdict
+from mailpath.probes.local import FirstHop
 from mailpath.probes.problem import Problem
 from mailpath.probes.result import Icmp, ProbeResult
 from mailpath.probes.smtp import SmtpResult
@@ -62,7 +63,7 @@ def trace(
             furthest_hop=furthest,
         ),
         port_specific=port_specific,
-        reason=f"SYNs to port 587 go silent after hop {drop_after}",
+        reason=f"SYNs to port 587 go silent after hop {drop_after}" if drop_after else "no answer at all",
         complete=True,
     )
 
@@ -223,6 +224,71 @@ def test_one_working_address_makes_it_a_warning():
 
 
 # -- the schema and the report ---------------------------------------------------------------
+
+
+def test_a_rst_through_connect_leaves_service_and_firewall_open():
+    d = dx(Observation(DEST, probe("refused", method="connect", responder=DEST)))
+    assert d.cause == "service" and {c.cause for c in d.candidates} == {"service", "firewall"}
+    assert "CAP_NET_RAW" in d.remediation[0] and "firewall" in d.summary
+
+
+@pytest.mark.parametrize(
+    ("answers", "cause", "words"),
+    [
+        (True, "network", "is up (it answers echo) but forwards nothing"),
+        (False, "network", "answers nothing"),
+    ],
+)
+def test_silence_from_hop_1_names_the_gateway_from_the_routing_table(answers, cause, words):
+    t = trace(drop_after=0, port_specific=False, reached_control=False, furthest=0)
+    hop = FirstHop("192.0.2.1", "eth0", answers)
+    d = dx(Observation(DEST, probe("filtered"), t, first_hop=hop))
+    assert d.cause == cause and (d.location.kind, d.location.hop, d.location.address) == (
+        "hop",
+        1,
+        "192.0.2.1",
+    )
+    assert words in d.summary and "eth0" in d.summary
+    assert any(e.ref.endswith("/gateway") for e in d.evidence) and "hop 0" not in str(d)
+
+
+def test_silence_from_hop_1_with_the_control_through_is_the_gateways_filter():
+    t = trace(drop_after=0, port_specific=True, reached_control=True, furthest=3)
+    d = dx(Observation(DEST, probe("filtered"), t, first_hop=FirstHop("192.0.2.1", "eth0", True)))
+    assert d.cause == "firewall" and d.location.address == "192.0.2.1"
+
+
+def test_a_directly_connected_destination_that_drops_is_the_destination():
+    t = trace(drop_after=0, port_specific=True, reached_control=True, furthest=1)
+    d = dx(Observation(DEST, probe("filtered"), t, first_hop=FirstHop(None, "eth0")))
+    assert d.cause == "firewall" and (d.location.kind, d.location.hop) == ("destination", 1)
+
+
+@pytest.mark.parametrize(
+    ("codes", "cause", "severity"),
+    [
+        (["relay-denied"], "auth", "error"),
+        (["recipient-refused"], "service", "error"),
+        (["sender-refused"], "service", "error"),
+        (["recipient-deferred"], "service", "warning"),
+        (["service-temporary"], "service", "warning"),
+        (["tls-client-cert-required"], "tls", "error"),
+    ],
+)
+def test_envelope_temporary_and_client_certificate_outcomes(codes, cause, severity):
+    d = dx(Observation(DEST, probe("open"), smtp=smtp(*codes)))
+    assert (d.cause, d.severity) == (cause, severity) and d.remediation
+
+
+def test_accepts_mail_only_when_a_recipient_was_accepted():
+    s = smtp()
+    assert "accepts mail" not in dx(Observation(DEST, probe("open"), smtp=s)).summary
+    s.envelope = {
+        "mail_from": "a@x",
+        "mail_reply": "250",
+        "recipients": [{"address": "b@x", "accepted": True, "reply": "250"}],
+    }
+    assert dx(Observation(DEST, probe("open"), smtp=s)).summary.startswith("accepts mail for b@x")
 
 
 def test_published_schema_is_the_models_schema():
