@@ -317,7 +317,8 @@ class TraceRun:
         if terminal is None:
             last = main.last_answered
             if not last:
-                return Verdict.FILTERED, None, None, f"SYNs to port {main.port} get no answer, not even from hop 1"
+                why = f"SYNs to port {main.port} get no answer, not even from hop 1"
+                return Verdict.FILTERED, None, None, why
             where = f"hop {last} ({_address(main, last)})"
             return Verdict.FILTERED, None, None, f"SYNs to port {main.port} go silent after {where}"
         r = _terminal_reply(main)
