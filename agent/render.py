@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 
 from mailpath.probes.classify import Verdict
 from mailpath.probes.dns import MailRoute
@@ -27,26 +28,76 @@ def _hop(h: int | None) -> str:
     return "-" if h is None else str(h)
 
 
-def probe_table(results: list[ProbeResult]) -> Table:
-    table = Table(header_style="bold", expand=False)
-    table.add_column("target", overflow="fold")
-    table.add_column("port", justify="right")
-    table.add_column("verdict", no_wrap=True)
-    table.add_column("answered by", overflow="fold")
-    table.add_column("rtt ms", justify="right")
-    table.add_column("why", overflow="fold", ratio=1)
-    for r in results:
-        target = r.address if r.host == r.address else f"{r.host}\n{r.address}"
-        by = "-" if r.responder is None else f"{r.responder} (hop {_hop(r.responder_hop)})"
-        table.add_row(
-            target,
+Style = Callable[[str], str]
+
+
+def grid(
+    console: Console,
+    headers: list[str],
+    rows: list[list[str]],
+    *,
+    wrap: str | None = None,
+    right: tuple[str, ...] = (),
+    styles: dict[str, Style] | None = None,
+) -> None:
+    """Rows as a table when every cell fits whole (only the ``wrap`` column wraps, at spaces);
+    else, on a narrow terminal or for long addresses, one block per row, so that no word and no
+    address is ever split."""
+    styles = styles or {}
+    widths = [
+        max([len(h)] + [len(line) for r in rows for line in r[i].split("\n")]) for i, h in enumerate(headers)
+    ]
+    fixed = sum(w for h, w in zip(headers, widths, strict=True) if h != wrap) + 2 * len(headers)
+    longest_word = max(
+        (len(w) for r in rows for i, h in enumerate(headers) if h == wrap for w in r[i].split()), default=0
+    )
+    room = console.width - fixed
+    need = 0 if wrap is None else max(longest_word, min(12, widths[headers.index(wrap)]))
+    if room >= need:
+        table = Table(header_style="bold underline", box=None, padding=(0, 2, 0, 0))
+        for h, w in zip(headers, widths, strict=True):
+            table.add_column(
+                h,
+                justify="right" if h in right else "left",
+                no_wrap=h != wrap,
+                min_width=None if h == wrap else w,
+            )
+        for r in rows:
+            table.add_row(
+                *(
+                    Text(c, style=styles[h](c)) if h in styles else Text(c)
+                    for h, c in zip(headers, r, strict=True)
+                )
+            )
+        console.print(table)
+        return
+    for r in rows:
+        first = r[0].replace("\n", " ")
+        say(console, first, hang=4, style="bold")
+        for h, c in zip(headers[1:], r[1:], strict=True):
+            say(console, f"{h}: {c.replace(chr(10), ' ')}", 2, 4, style=styles[h](c) if h in styles else "")
+
+
+def _verdict_style(v: str) -> str:
+    return VERDICT_STYLE.get(Verdict(v), "") if v in set(Verdict) else ""
+
+
+def _by(responder: str | None, hop: int | None) -> str:
+    return "-" if responder is None else f"{responder} (hop {_hop(hop)})"
+
+
+def probe_rows(results: list[ProbeResult]) -> list[list[str]]:
+    return [
+        [
+            r.address if r.host == r.address else f"{r.host}\n{r.address}",
             str(r.port),
-            f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
-            by,
+            str(r.verdict),
+            _by(r.responder, r.responder_hop),
             "-" if r.rtt_ms is None else f"{r.rtt_ms:.1f}",
             r.reason,
-        )
-    return table
+        ]
+        for r in results
+    ]
 
 
 def port_ranges(ports: list[int]) -> str:
@@ -63,36 +114,35 @@ def port_ranges(ports: list[int]) -> str:
     return ",".join(out)
 
 
-def summary_table(results: list[ProbeResult]) -> Table:
+def summary_rows(results: list[ProbeResult]) -> list[list[str]]:
     """Many results: one row per address, verdict and reason, with the ports as ranges."""
     groups: dict[tuple, list[int]] = {}
     for r in results:
         key = (r.host, r.address, str(r.verdict), r.responder, r.responder_hop, r.reason.split(";")[0])
         groups.setdefault(key, []).append(r.port)
-    table = Table(header_style="bold")
-    for col in ("target", "ports", "count", "verdict", "answered by", "why"):
-        table.add_column(col, overflow="fold", justify="right" if col == "count" else "left")
-    for (host, address, verdict, responder, hop, why), ports in groups.items():
-        target = address if host == address else f"{host}\n{address}"
-        by = "-" if responder is None else f"{responder} (hop {_hop(hop)})"
-        table.add_row(
-            target,
+    return [
+        [
+            address if host == address else f"{host}\n{address}",
             port_ranges(ports),
             str(len(ports)),
-            f"[{VERDICT_STYLE[Verdict(verdict)]}]{verdict}[/]",
-            by,
+            verdict,
+            _by(responder, hop),
             why,
-        )
-    return table
+        ]
+        for (host, address, verdict, responder, hop, why), ports in groups.items()
+    ]
 
 
 def print_probe(results: list[ProbeResult], console: Console | None = None) -> None:
     console = console or Console()
+    styles = {"verdict": _verdict_style}
     if len(results) > 40:
-        console.print(summary_table(results))
+        headers = ["target", "ports", "count", "verdict", "answered by", "why"]
+        grid(console, headers, summary_rows(results), wrap="why", right=("count",), styles=styles)
         console.print("[dim](grouped by verdict; --json lists every port)[/]")
     else:
-        console.print(probe_table(results))
+        headers = ["target", "port", "verdict", "answered by", "rtt ms", "why"]
+        grid(console, headers, probe_rows(results), wrap="why", right=("port", "rtt ms"), styles=styles)
     notes = sorted({n for r in results for n in r.limitations})
     if notes:
         console.print("[dim]connect() mode (no raw sockets):[/]")
@@ -106,25 +156,21 @@ def _cell(row: Hop | None) -> tuple[str, str, str]:
     return row.address or "*", row.reply, f"{row.rtt_ms:.1f}"
 
 
-def trace_table(r: TraceResult) -> Table:
+def print_trace_table(r: TraceResult, console: Console) -> None:
     ctl = r.control
-    table = Table(header_style="bold")
-    for col in ("ttl", "address", "reply", "rtt ms"):
-        table.add_column(col, justify="right" if col in ("ttl", "rtt ms") else "left")
+    headers = ["ttl", "address", "reply", "rtt ms"]
     if ctl:
-        name = "echo" if ctl.kind == "icmp" else f"port {ctl.port}"
-        table.add_column(f"control ({name})")
-        table.add_column("reply")
+        headers += [f"control ({'echo' if ctl.kind == 'icmp' else f'port {ctl.port}'})", "control reply"]
     ctl_rows = {row.ttl: row for row in ctl.hops} if ctl else {}
     main_rows = {row.ttl: row for row in r.hops}
-    ttls = sorted(set(main_rows) | set(ctl_rows))
-    for ttl in ttls:
+    rows = []
+    for ttl in sorted(set(main_rows) | set(ctl_rows)):
         cells = [str(ttl), *_cell(main_rows.get(ttl))]
         if ctl:
             address, reply, _ = _cell(ctl_rows.get(ttl))
             cells += [address, reply]
-        table.add_row(*cells)
-    return table
+        rows.append(cells)
+    grid(console, headers, rows, right=("ttl", "rtt ms"))
 
 
 def trace_summary(r: TraceResult) -> str:
@@ -152,7 +198,7 @@ def print_traces(results: list[TraceResult], console: Console | None = None) -> 
         name = r.address if r.host == r.address else f"{r.host} ({r.address})"
         console.print(f"[bold]trace to {name} port {r.port}[/] from {r.source or 'this host'}")
         if r.hops:
-            console.print(trace_table(r))
+            print_trace_table(r, console)
         console.print(trace_summary(r))
         if not r.complete:
             console.print("[yellow]stopped at the time limit: the trace is incomplete[/]")
@@ -193,12 +239,9 @@ def print_sessions(results: list[SmtpResult], console: Console | None = None) ->
         )
         mode = "not reached" if r.tls_mode == "not-reached" else r.tls_mode
         console.print(f"[bold]SMTP {name} port {r.port}[/]: TLS {mode}" + (f" ({tls})" if tls else ""))
-        table = Table(header_style="bold")
-        for col in ("stage", "ok", "ms", "detail"):
-            table.add_column(col, justify="right" if col == "ms" else "left", overflow="fold")
-        for st in r.stages:
-            table.add_row(st.name, "[green]yes[/]" if st.ok else "[red]no[/]", f"{st.ms:.1f}", st.detail)
-        console.print(table)
+        rows = [[st.name, "yes" if st.ok else "no", f"{st.ms:.1f}", st.detail] for st in r.stages]
+        ok = {"ok": lambda v: "green" if v == "yes" else "red"}
+        grid(console, ["stage", "ok", "ms", "detail"], rows, wrap="detail", right=("ms",), styles=ok)
         if r.auth_mechanisms:
             console.print(f"  AUTH mechanisms: {' '.join(r.auth_mechanisms)}")
         if r.envelope:
@@ -231,12 +274,10 @@ def print_evaluations(docs: list[dict], console: Console | None = None) -> None:
         for b in d["blockers"]:
             what = f"{b['component']} {b['id'] or ''}".strip() + (f" rule {b['rule']}" if b["rule"] else "")
             console.print(f"  [red]{b['code']}[/] {what} ({b['direction']}): {b['message']}")
-        table = Table(header_style="bold")
-        for col in ("checked", "direction", "id", "result", "detail"):
-            table.add_column(col, overflow="fold")
-        for c in d["checked"]:
-            table.add_row(c["component"], c["direction"], c["id"] or "-", c["result"], c["detail"])
-        console.print(table)
+        rows = [
+            [c["component"], c["direction"], c["id"] or "-", c["result"], c["detail"]] for c in d["checked"]
+        ]
+        grid(console, ["checked", "direction", "id", "result", "detail"], rows, wrap="detail")
         for m in d["unchecked"]:
             console.print(f"  [yellow]{m['message']}[/]")
         console.print()
