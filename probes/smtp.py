@@ -58,22 +58,20 @@ _CONNECT_ERRORS = {
     errno.ECONNRESET: ("reset", ""),
     errno.EADDRNOTAVAIL: ("no usable source address", ""),
 }
-_VERSION_ERRORS = (
-    "UNSUPPORTED_PROTOCOL",
-    "WRONG_VERSION_NUMBER",
-    "NO_PROTOCOLS_AVAILABLE",
-    "PROTOCOL_VERSION",
-)
-# ssl.SSLObject.version() and ssl.TLSVersion names -> words
+# ssl.SSLObject.version() -> ssl.TLSVersion, and ssl.TLSVersion names -> words
+_VERSIONS = {
+    "SSLv3": ssl.TLSVersion.SSLv3,
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
 _TLS_NAMES = {
+    "SSLv3": "SSL 3.0",
     "TLSv1": "TLS 1.0",
-    "TLSv1.1": "TLS 1.1",
-    "TLSv1.2": "TLS 1.2",
-    "TLSv1.3": "TLS 1.3",
     "TLSv1_1": "TLS 1.1",
     "TLSv1_2": "TLS 1.2",
     "TLSv1_3": "TLS 1.3",
-    "SSLv3": "SSL 3.0",
 }
 
 
@@ -537,14 +535,18 @@ class _Session:
             )
             return
         message = f"{what}: {_ssl_reason(error)}"
-        if any(k in str(getattr(error, "reason", "") or error).upper() for k in _VERSION_ERRORS):
-            offered = await self._server_tls_version()
-            floor = _TLS_NAMES.get(ssl.create_default_context().minimum_version.name, "TLS 1.2")
-            if offered:
-                message = f"{what}: the server offers only {offered}; this client requires {floor} or later"
+        # Servers differ in how they refuse an old version (an alert, or a reset): ask the server
+        # what it settles on when any version is allowed, and compare with this client's floor.
+        floor = ssl.create_default_context().minimum_version
+        offered = await self._server_tls_version()
+        if offered is not None and offered < floor:
+            message = (
+                f"{what}: the server offers only {_TLS_NAMES.get(offered.name, offered.name)}; "
+                f"this client requires {_TLS_NAMES.get(floor.name, floor.name)} or later"
+            )
         self.problem("tls-handshake-failed", message, "tls")
 
-    async def _server_tls_version(self) -> str | None:
+    async def _server_tls_version(self) -> ssl.TLSVersion | None:
         """The TLS version the server settles on when any version is allowed (None: none)."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -565,7 +567,7 @@ class _Session:
             conn.close()
         except (OSError, TimeoutError, ProtocolError, _TlsBroken):
             return None
-        return _TLS_NAMES.get(version, version)
+        return _VERSIONS.get(version)
 
     async def _auth(self, conn: _Conn, caps: dict) -> None:
         offered = caps.get("AUTH", [])
