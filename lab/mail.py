@@ -17,6 +17,9 @@ clientcert.lab.test (.18) 465 TLS 1.3 only, a client certificate required (``ope
 oldtls.lab.test (.19)     465 TLS 1.0 at most
 busy.lab.test (.20)       25 greeting 421 (temporary)
 policy.lab.test (.21)     25 STARTTLS, a MAIL/RCPT policy (lab.smtpd.Policy); 587 the same + AUTH
+exim.lab.test (.22)       a real MTA, Exim (lab.mta): 25 STARTTLS, AUTH after TLS; 587 STARTTLS +
+                          AUTH PLAIN/LOGIN; 465 implicit TLS + AUTH; relaying only after AUTH,
+                          ``nobody@lab.test`` unknown, other lab.test local parts accepted
 dns: .53                  dnsmasq; servfail.lab.test is delegated to a server that SERVFAILs,
                           slow.lab.test to one that never answers
 ========================  ===================================================================
@@ -36,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.mta import serve_exim
 from lab.network import Lab
 from lab.smtpd import PASSWORD, USER
 
@@ -52,6 +56,7 @@ HOSTS = {
     "oldtls": 19,
     "busy": 20,
     "policy": 21,
+    "exim": 22,
 }
 DNS = 53
 SLOW_DNS = 54  # an address nothing listens on
@@ -93,6 +98,7 @@ def _pki(workdir: Path) -> tuple[Path, dict[str, Path]]:
             *_names("clientcert"),
             *_names("oldtls"),
             *_names("policy"),
+            *_names("exim"),
             "mail.lab.test",
         ),
         "expired": ca.issue_cert(*_names("expired"), not_before=past - dt.timedelta(days=90), not_after=past),
@@ -199,7 +205,7 @@ def _zone() -> list[str]:
 
 
 def setup_mail(lab: Lab, workdir: Path | None = None) -> MailLab:
-    """Add the mail world to a running lab (addresses, CA, DNS, SMTP)."""
+    """Add the mail world to a running lab (addresses, CA, DNS, SMTP: aiosmtpd and Exim)."""
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix=f"{lab.prefix}-mail-"))
         lab.on_down(lambda: shutil.rmtree(workdir, ignore_errors=True))
@@ -209,5 +215,16 @@ def setup_mail(lab: Lab, workdir: Path | None = None) -> MailLab:
     lab.serve_dns(_zone(), v4(DNS), v6(DNS), workdir)
     lab.serve_smtp(_services(certs), workdir)
     _serve_client_cert_required(lab, certs["good"], ca_file)
+    n = HOSTS["exim"]
+    serve_exim(
+        lab,
+        workdir,
+        name="exim.lab.test",
+        address4=v4(n),
+        address6=v6(n),
+        cert_prefix=certs["good"],
+        user=USER.decode(),
+        password=PASSWORD.decode(),
+    )
     names = {f"{h}.lab.test": (v4(n), v6(n)) for h, n in HOSTS.items()}
     return MailLab(lab, workdir, ca_file, names=names)
