@@ -147,7 +147,7 @@ def print_probe(results: list[ProbeResult], console: Console | None = None) -> N
     if notes:
         console.print("[dim]connect() mode (no raw sockets):[/]")
         for n in notes:
-            console.print(f"[dim]  - {n}[/]")
+            say(console, f"- {n}", 2, 2, style="dim")
 
 
 def _cell(row: Hop | None) -> tuple[str, str, str]:

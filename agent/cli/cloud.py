@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from mailpath.agent.cli.common import JsonOpt, Port25Opt, choice, command, finish
+from mailpath.agent.cli.common import JsonOpt, Port25Opt, choice, command, finish, given, refuse_unused
 
 
 @command("cloud")
 def cloud(
+    ctx: typer.Context,
     dest: Annotated[list[str], typer.Option("--dest", help="Destination address or name (repeatable).")],
     port: Port25Opt = None,
     instance_id: Annotated[str | None, typer.Option(help="EC2 instance to evaluate (off EC2).")] = None,
@@ -34,6 +35,8 @@ def cloud(
     from mailpath.probes.dns import system_addresses
 
     choice(provider, ("auto", "aws", "gcp", "azure"), "--provider")
+    if provider in ("gcp", "azure"):
+        refuse_unused(given(ctx, "instance_id", "eni", "region"), f"AWS only, not {provider}")
     ports = parse_ports(port or []) or [25]
     addresses = [a for d in dest for a in system_addresses(d)]
     eph = None

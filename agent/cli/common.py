@@ -227,6 +227,19 @@ def choice(value: str | None, allowed: Iterable[str | None], option: str) -> str
     return value
 
 
+def given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that the user typed."""
+    sources = {n: ctx.get_parameter_source(n) for n in names}
+    return [n for n, src in sources.items() if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")]
+
+
+def refuse_unused(names: list[str], why: str) -> None:
+    """Every option given is used or refused: refuse those that ``why`` makes pointless."""
+    if names:
+        options = ", ".join("--" + n.replace("_", "-") for n in names)
+        raise InputError(f"{options}: {why}")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"mailpath {__version__}")

@@ -27,14 +27,17 @@ from mailpath.agent.cli.common import (
     command,
     family,
     finish,
+    given,
     mailbox,
     password,
     pem_file,
+    refuse_unused,
 )
 
 
 @command("diagnose")
 def diagnose(
+    ctx: typer.Context,
     target: Annotated[
         str,
         typer.Argument(
@@ -90,6 +93,13 @@ def diagnose(
 
     choice(provider, (None, "aws", "gcp", "azure"), "--provider")
     host, given_port = parse_target(target)
+    if cloud_check is False:
+        refuse_unused(
+            given(ctx, "instance_id", "eni", "region", "provider"),
+            "--no-cloud turns the cloud check off",
+        )
+    if provider in ("gcp", "azure"):
+        refuse_unused(given(ctx, "instance_id", "eni", "region"), f"AWS only, not {provider}")
     cloud = None
     if cloud_check is not False:
         cloud = CloudOptions(

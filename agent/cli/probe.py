@@ -13,12 +13,15 @@ from mailpath.agent.cli.common import (
     TimeoutOpt,
     command,
     finish,
+    given,
     progress,
+    refuse_unused,
 )
 
 
 @command("probe")
 def probe(
+    ctx: typer.Context,
     targets: Annotated[
         list[str],
         typer.Argument(
@@ -73,6 +76,9 @@ def probe(
     from mailpath.probes import Options
     from mailpath.probes import probe as run_probe
 
+    if method is Method.connect:
+        raw_only = given(ctx, "rate", "icmp_interval", "min_wait", "pace_budget")
+        refuse_unused(raw_only, "only raw SYN probes use this, not --method connect")
     found = expand(targets, parse_ports(port or []))
     options = Options(
         timeout=timeout,

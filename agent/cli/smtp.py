@@ -23,15 +23,18 @@ from mailpath.agent.cli.common import (
     UserOpt,
     command,
     finish,
+    given,
     mailbox,
     one_family,
     password,
     pem_file,
+    refuse_unused,
 )
 
 
 @command("smtp")
 def smtp(
+    ctx: typer.Context,
     target: Annotated[
         str,
         typer.Argument(
@@ -70,6 +73,8 @@ def smtp(
     from mailpath.probes.result import Target
     from mailpath.probes.smtp import SmtpOptions, check_targets
 
+    if not user:
+        refuse_unused(given(ctx, "allow_auth_in_clear"), "without --user there is no AUTH test")
     opts = SmtpOptions(
         tls=tls.value,
         timeout=timeout,

@@ -48,6 +48,15 @@ def test_a_probe_document_validates_and_has_its_results_in_a_list():
         (["smtp", "127.0.0.1", "--tls", "maybe"], 2, "usage"),
         (["diagnose", "127.0.0.1", "--provider", "ovh"], 2, "bad-input"),
         (["cloud", "--dest", "127.0.0.1", "--provider", "ovh"], 2, "bad-input"),
+        # every option given is used, or refused before anything is sent
+        (["probe", "127.0.0.1", "--method", "connect", "--rate", "10"], 2, "bad-input"),
+        (["smtp", "127.0.0.1", "--allow-auth-in-clear"], 2, "bad-input"),
+        (["smtp", "127.0.0.1", "--password-env", "HOME"], 2, "bad-input"),
+        (["smtp", "127.0.0.1", "--ca-file", "/etc/hostname"], 2, "bad-input"),
+        (["smtp", "127.0.0.1", "--to", "not-an-address"], 2, "bad-input"),
+        (["diagnose", "127.0.0.1", "--no-cloud", "--region", "eu-west-1"], 2, "bad-input"),
+        (["diagnose", "127.0.0.1", "--ca-file", "/nonexistent.pem"], 2, "bad-input"),
+        (["cloud", "--dest", "127.0.0.1", "--provider", "gcp", "--eni", "eni-1"], 2, "bad-input"),
     ],
 )
 def test_an_error_is_one_document_too(args, code, error):
