@@ -227,6 +227,31 @@ def choice(value: str | None, allowed: Iterable[str | None], option: str) -> str
     return value
 
 
+def smtp_inputs(
+    *,
+    ca_file: str | None,
+    server_name: str | None,
+    ehlo: str | None,
+    mail_from: str | None,
+    rcpt_to: list[str] | None,
+    user: str | None,
+    password_env: str | None,
+    password_file: str | None,
+) -> dict:
+    """The SMTP options ``smtp`` and ``diagnose`` share, checked (CA file, envelope addresses,
+    the password's source) before anything is sent; keyword arguments for SmtpOptions and
+    DiagnoseOptions alike."""
+    return {
+        "ca_file": pem_file(ca_file, "--ca-file"),
+        "server_name": server_name,
+        "ehlo": ehlo,
+        "mail_from": mailbox(mail_from, "--from"),
+        "rcpt_to": [mailbox(r, "--to") for r in rcpt_to or []],
+        "user": user,
+        "password": password(password_env, password_file, user),
+    }
+
+
 def given(ctx: typer.Context, *names: str) -> list[str]:
     """The options among ``names`` (parameter names) that the user typed."""
     sources = {n: ctx.get_parameter_source(n) for n in names}

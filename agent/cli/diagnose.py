@@ -28,10 +28,8 @@ from mailpath.agent.cli.common import (
     family,
     finish,
     given,
-    mailbox,
-    password,
-    pem_file,
     refuse_unused,
+    smtp_inputs,
 )
 
 
@@ -120,13 +118,16 @@ def diagnose(
         nameservers=[parse_nameserver(n) for n in nameserver or []],
         family=family(ipv4, ipv6),
         cloud=cloud,
-        ca_file=pem_file(ca_file, "--ca-file"),
-        server_name=server_name,
-        ehlo=ehlo,
-        mail_from=mailbox(mail_from, "--from"),
-        rcpt_to=[mailbox(r, "--to") for r in rcpt_to or []],
-        user=user,
-        password=password(password_env, password_file, user),
+        **smtp_inputs(
+            ca_file=ca_file,
+            server_name=server_name,
+            ehlo=ehlo,
+            mail_from=mail_from,
+            rcpt_to=rcpt_to,
+            user=user,
+            password_env=password_env,
+            password_file=password_file,
+        ),
     )
     found = run_diagnose(host, opts)
     problem = not all(f.cause == "none" for f in found)

@@ -24,11 +24,9 @@ from mailpath.agent.cli.common import (
     command,
     finish,
     given,
-    mailbox,
     one_family,
-    password,
-    pem_file,
     refuse_unused,
+    smtp_inputs,
 )
 
 
@@ -78,15 +76,18 @@ def smtp(
     opts = SmtpOptions(
         tls=tls.value,
         timeout=timeout,
-        server_name=server_name,
-        ca_file=pem_file(ca_file, "--ca-file"),
-        user=user,
-        password=password(password_env, password_file, user),
         allow_auth_in_clear=allow_auth_in_clear,
-        ehlo=ehlo,
-        mail_from=mailbox(mail_from, "--from"),
-        rcpt_to=[mailbox(r, "--to") for r in rcpt_to or []],
         transcript=transcript,
+        **smtp_inputs(
+            ca_file=ca_file,
+            server_name=server_name,
+            ehlo=ehlo,
+            mail_from=mail_from,
+            rcpt_to=rcpt_to,
+            user=user,
+            password_env=password_env,
+            password_file=password_file,
+        ),
     )
     host, given_port = parse_target(target)
     ports = [given_port] if given_port else (parse_ports(port or []) or [25])
