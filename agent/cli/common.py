@@ -135,14 +135,24 @@ def fail(name: str, error: MailpathError, json_out: bool) -> NoReturn:
 
 
 def finish(
-    name: str, json_out: bool, items: list, to_json: Callable, show: Callable, problem: bool
+    name: str,
+    json_out: bool,
+    items: list,
+    to_json: Callable,
+    show: Callable,
+    problem: bool,
+    error: MailpathError | None = None,
 ) -> NoReturn:
-    """The tail of every command: the JSON document or the human report, then the exit code."""
+    """The tail of every command: the JSON document or the human report, then the exit code.
+    ``error``: what failed after the results were in (they are shown all the same)."""
     if json_out:
-        print(json.dumps(envelope(name, [to_json(x) for x in items]), indent=2))
+        report = {"code": error.code, "message": str(error)} if error else None
+        print(json.dumps(envelope(name, [to_json(x) for x in items], error=report), indent=2))
     else:
         show(items)
-    raise typer.Exit(PROBLEM if problem else OK)
+        if error:
+            print(f"mailpath: error: {error}", file=sys.stderr)
+    raise typer.Exit(exit_code(error) if error else PROBLEM if problem else OK)
 
 
 @contextlib.contextmanager

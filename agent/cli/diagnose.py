@@ -28,6 +28,7 @@ from mailpath.agent.cli.common import (
     family,
     finish,
     given,
+    pem_file,
     refuse_unused,
     smtp_inputs,
 )
@@ -77,6 +78,15 @@ def diagnose(
             help="Least seconds to wait for a late host-unreachable before calling a port filtered.",
         ),
     ] = 3.5,
+    report: Annotated[
+        str | None, typer.Option(help="Also send the findings to this collector (https://host:port).")
+    ] = None,
+    token_file: Annotated[
+        str | None, typer.Option(help="The collector's agent token, from this file.")
+    ] = None,
+    report_ca_file: Annotated[
+        str | None, typer.Option(help="Trust the CAs in this PEM file for the collector's TLS.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Why mail does not go out, and where: one finding per target and port.
@@ -86,8 +96,10 @@ def diagnose(
     from mailpath.agent.diagnose import DiagnoseOptions
     from mailpath.agent.diagnose import diagnose as run_diagnose
     from mailpath.agent.render import print_findings
+    from mailpath.agent.report import post_findings, read_token
     from mailpath.agent.targets import parse_nameserver, parse_ports, parse_target
     from mailpath.cloud.check import CloudOptions
+    from mailpath.probes.errors import DependencyFailed, InputError
 
     choice(provider, (None, "aws", "gcp", "azure"), "--provider")
     host, given_port = parse_target(target)
@@ -129,6 +141,27 @@ def diagnose(
             password_file=password_file,
         ),
     )
+    token = None
+    if report:
+        if not report.startswith(("http://", "https://")):
+            raise InputError(f"invalid --report {report!r}: expected an http:// or https:// URL")
+        if not token_file:
+            raise InputError("--report needs --token-file")
+        token = read_token(token_file)
+        pem_file(report_ca_file, "--report-ca-file")
+    else:
+        refuse_unused(given(ctx, "token_file", "report_ca_file"), "they go with --report")
     found = run_diagnose(host, opts)
     problem = not all(f.cause == "none" for f in found)
-    finish("diagnose", json_out, found, lambda f: f.to_json_dict(), print_findings, problem)
+    failed = None
+    if report:
+        try:
+            answer = post_findings(report, token, [f.to_json_dict() for f in found], ca_file=report_ca_file)
+            if not answer.ok:
+                detail = answer.body.get("detail", answer.body)
+                failed = DependencyFailed(
+                    f"the collector at {report} refused the findings ({answer.status}): {detail}"
+                )
+        except DependencyFailed as e:
+            failed = e
+    finish("diagnose", json_out, found, lambda f: f.to_json_dict(), print_findings, problem, failed)
