@@ -155,6 +155,8 @@ async def _query(resolver, name: str, rtype: str) -> Outcome:
         return Failure.TIMEOUT
     except (dns.resolver.NoNameservers, dns.resolver.YXDOMAIN):
         return Failure.SERVFAIL
+    except dns.exception.DNSException:  # anything else dnspython raises: no usable answer
+        return Failure.SERVFAIL
     if rtype == "MX":
         return [
             (r.preference, "." if r.exchange == dns.name.root else r.exchange.to_text(True)) for r in answer
