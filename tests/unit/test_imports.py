@@ -102,7 +102,23 @@ def help_run(tmp_path_factory):
     return modules
 
 
-@pytest.mark.parametrize("name", ["dns", "pydantic", "boto3", "mailpath.probes.syn", "mailpath.agent.render"])
-def test_help_loads_no_resolver_models_cloud_or_probe_engine(help_run, name):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dns",
+        "pydantic",
+        "boto3",
+        "mailpath.probes.syn",
+        "mailpath.agent.render",
+        "mailpath.collector",
+        "fastapi",
+        "starlette",
+        "sqlalchemy",
+        "uvicorn",
+        "alembic",
+        "prometheus_client",
+    ],
+)
+def test_help_loads_no_resolver_models_cloud_probe_engine_or_collector(help_run, name):
     # (typer itself renders --help with rich tables: that is the bare app's cost too, see bench.startup)
     assert not _under(help_run, name), f"`mailpath --help` loads {_under(help_run, name)}"

@@ -1,0 +1,341 @@
+"""``POST /v1/findings``: from the request body to stored rows.
+
+Three steps, each its own function: :func:`decode` (size limits and gzip: the declared and the
+decompressed size are both bounded, so a gzip bomb is never inflated past the limit), then
+:func:`parse` (JSON, the document, each finding through ``mailpath.agent.finding.Finding``),
+then :func:`store` (one transaction: findings inserted once by id, the agent's row and the
+latest state per target and port updated with them). Any rejection is a :class:`Rejected`
+carrying the HTTP status, a reason code, a message and, for a finding, its index in the batch;
+nothing of a rejected batch is stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from mailpath.agent.finding import SCHEMA_ID as FINDING_SCHEMA
+from mailpath.agent.finding import Finding
+from mailpath.collector.db import AgentRow, FindingRow, LatestRow, as_utc, utcnow
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+DOCUMENT_SCHEMA = "mailpath.diagnose/v1"
+MAX_DEPTH = 32  # nesting of the JSON document; a finding needs about 8
+MAX_TARGET = 255  # a host name is at most 253 characters
+
+
+@dataclass
+class Rejected(Exception):
+    """Why a batch was refused: the answer is ``status`` with ``{"detail", "reason", "index"}``."""
+
+    status: int
+    reason: str  # too-large, bad-encoding, unsupported-media-type, malformed-json, not-a-batch,
+    # unknown-schema, schema-violation (also the label of findings_rejected_total)
+    detail: str
+    index: int | None = None
+    errors: list[dict] | None = None
+
+    def body(self) -> dict:
+        out: dict = {"detail": self.detail, "reason": self.reason, "index": self.index}
+        if self.errors is not None:
+            out["errors"] = self.errors
+        return out
+
+
+def _too_large(limit: int, what: str) -> Rejected:
+    return Rejected(413, "too-large", f"the {what} is over the limit of {limit} bytes")
+
+
+# -- decode ------------------------------------------------------------------------------
+
+
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The raw body, refused as soon as it is over ``limit`` (by its Content-Length, before
+    reading anything, or while reading a body that did not declare its length)."""
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit, "body")
+        except ValueError:
+            raise Rejected(400, "bad-encoding", "Content-Length is not a number") from None
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit, "body")
+    return bytes(body)
+
+
+def decode(body: bytes, content_encoding: str | None, content_type: str | None, limit: int) -> bytes:
+    """The JSON bytes of the body: gunzipped when ``Content-Encoding: gzip`` (every member),
+    never inflated past ``limit``."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media not in ("application/json", ""):
+        raise Rejected(415, "unsupported-media-type", f"Content-Type {media!r}: send application/json")
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "x-gzip"):
+        raise Rejected(415, "unsupported-media-type", f"Content-Encoding {encoding!r}: send gzip or none")
+    out = bytearray()
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            out += inflater.decompress(data, limit + 1 - len(out))
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise _too_large(limit, "decompressed body")
+            if not inflater.eof:
+                raise Rejected(400, "bad-encoding", "the gzip body is truncated")
+            data = inflater.unused_data  # the next gzip member, if any
+    except zlib.error as e:
+        raise Rejected(400, "bad-encoding", f"the body is not valid gzip: {e}") from None
+    return bytes(out)
+
+
+# -- parse -------------------------------------------------------------------------------
+
+
+def _constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
+def loads(data: bytes) -> object:
+    """JSON with the bounds the database needs: finite numbers only, bounded nesting."""
+    try:
+        text = data.decode("utf-8-sig")  # JSON between systems is UTF-8 (RFC 8259 §8.1)
+    except UnicodeDecodeError:
+        raise Rejected(400, "malformed-json", "the body is not UTF-8 text") from None
+    try:
+        doc = json.loads(text, parse_constant=_constant, parse_float=_finite)
+    except json.JSONDecodeError as e:
+        raise Rejected(400, "malformed-json", f"malformed JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # NaN, huge numbers, absurd nesting
+        raise Rejected(400, "malformed-json", f"malformed JSON: {str(e) or type(e).__name__}") from None
+    depth = _depth(doc)
+    if depth > MAX_DEPTH:
+        raise Rejected(400, "malformed-json", f"the JSON is nested {depth} levels deep (at most {MAX_DEPTH})")
+    return doc
+
+
+def _depth(doc: object) -> int:
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return depth
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _bad_text(doc: object) -> str | None:
+    """A string (key or value) the databases cannot store: a NUL or a lone surrogate."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        strings: Iterable = ()
+        if isinstance(node, dict):
+            strings = node.keys()
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str):
+            strings = (node,)
+        for s in strings:
+            if "\x00" in s:
+                return "a string holds a NUL character"
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds an unpaired surrogate"
+    return None
+
+
+def _errors(e: ValidationError) -> list[dict]:
+    return [
+        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
+        for err in e.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def parse(data: bytes) -> list[Finding]:
+    """The findings of a ``mailpath.diagnose/v1`` document, each validated; the first bad one
+    rejects the whole batch with its index."""
+    doc = loads(data)
+    if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
+        raise Rejected(422, "not-a-batch", 'expected a JSON object {"findings": [...]}')
+    extra = sorted(set(doc) - {"schema", "findings", "error"})
+    if extra:
+        raise Rejected(422, "not-a-batch", f"unexpected key(s) in the document: {', '.join(extra)}")
+    if "schema" in doc and doc["schema"] != DOCUMENT_SCHEMA:
+        raise Rejected(
+            422,
+            "unknown-schema",
+            f"document schema {doc['schema']!r}: this collector takes {DOCUMENT_SCHEMA}",
+        )
+    findings = []
+    for index, item in enumerate(doc["findings"]):
+        if isinstance(item, dict) and "schema" in item and item["schema"] != FINDING_SCHEMA:
+            raise Rejected(
+                422,
+                "unknown-schema",
+                f"finding {index} has schema {item['schema']!r}: this collector takes {FINDING_SCHEMA}",
+                index,
+            )
+        try:
+            finding = Finding.model_validate(item)
+        except ValidationError as e:
+            errors = _errors(e)
+            summary = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'finding'}: {err['msg']}" for err in errors[:3]
+            )
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise Rejected(
+                422,
+                "schema-violation",
+                f"finding {index} is not a valid {FINDING_SCHEMA}: {summary}{more}",
+                index,
+                errors,
+            ) from None
+        problem = _bad_text(item)
+        if problem is None and len(finding.target) > MAX_TARGET:
+            problem = f"target is longer than {MAX_TARGET} characters"
+        if problem is None:
+            try:
+                finding.created_at = as_utc(finding.created_at)
+            except (OverflowError, ValueError):
+                problem = "created_at is out of range"
+        if problem:
+            raise Rejected(422, "schema-violation", f"finding {index}: {problem}", index)
+        findings.append(finding)
+    return findings
+
+
+# -- store -------------------------------------------------------------------------------
+
+
+def signature(finding: Finding) -> str:
+    """What makes a state: the cause, where it is, and each address's verdict. ``since`` is
+    when a target's signature last changed."""
+    state = {
+        "cause": finding.cause,
+        "location": finding.location.model_dump(mode="json") if finding.location else None,
+        "verdicts": sorted((a.address, a.verdict) for a in finding.addresses),
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+def _insert(session: Session, table):
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def store(session: Session, agent: str, findings: list[Finding], now: dt.datetime | None = None) -> int:
+    """Store a validated batch under ``agent`` (the token's name); returns how many were new.
+    Findings already stored (same id) are left alone; only new ones move the latest states."""
+    now = now or utcnow()
+    if not findings:
+        _touch_agent(session, agent, None, now)
+        return 0
+    unique: dict[uuid.UUID, Finding] = {}
+    for f in findings:
+        unique.setdefault(f.id, f)
+    newest = max(unique.values(), key=lambda f: f.created_at)
+    _touch_agent(session, agent, newest, now)  # locks the agent's row: its batches queue here
+    rows = [
+        {
+            "id": f.id,
+            "agent": agent,
+            "target": f.target,
+            "port": f.port,
+            "cause": f.cause,
+            "severity": f.severity,
+            "created_at": f.created_at,
+            "received_at": now,
+            "doc": f.to_json_dict(),
+        }
+        for f in unique.values()
+    ]
+    table = FindingRow.__table__
+    statement = _insert(session, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+    inserted = set(session.execute(statement, rows).scalars())
+    fresh = [f for f in unique.values() if f.id in inserted]
+    by_key: dict[tuple[str, int], list[Finding]] = defaultdict(list)
+    for f in fresh:
+        by_key[(f.target, f.port)].append(f)
+    for (target, port), group in sorted(by_key.items()):
+        _advance(session, agent, target, port, sorted(group, key=lambda f: (f.created_at, str(f.id))))
+    return len(fresh)
+
+
+def _touch_agent(session: Session, agent: str, newest: Finding | None, now: dt.datetime) -> None:
+    table = AgentRow.__table__
+    session.execute(_insert(session, table).values(name=agent, created_at=now).on_conflict_do_nothing())
+    row = session.scalars(select(AgentRow).where(AgentRow.name == agent).with_for_update()).one()
+    row.last_seen = now
+    if newest is not None and (row.finding_at is None or newest.created_at >= row.finding_at):
+        row.finding_at = newest.created_at
+        row.version = newest.agent.version
+        row.hostname = newest.agent.hostname
+        row.cloud = newest.agent.cloud
+    session.flush()
+
+
+def _advance(session: Session, agent: str, target: str, port: int, group: list[Finding]) -> None:
+    """Move the latest state of (agent, target, port) through the new findings, oldest first.
+    A finding older than the state's newest (a late redelivery) leaves it alone."""
+    table = LatestRow.__table__
+    first = group[0]
+    session.execute(
+        _insert(session, table)
+        .values(agent=agent, target=target, port=port, **_state(first, since=first.created_at))
+        .on_conflict_do_nothing()
+    )
+    key = (LatestRow.agent == agent, LatestRow.target == target, LatestRow.port == port)
+    current = session.execute(
+        select(LatestRow.finding_id, LatestRow.created_at, LatestRow.signature, LatestRow.since)
+        .where(*key)
+        .with_for_update()
+    ).one()
+    finding_id, created_at, sig, since = current
+    changed = None
+    for f in group:
+        if f.id == finding_id or f.created_at < created_at:
+            continue
+        new_sig = signature(f)
+        if new_sig != sig:
+            since = f.created_at
+        sig, created_at, finding_id, changed = new_sig, f.created_at, f.id, f
+    if changed is not None:
+        session.execute(update(LatestRow).where(*key).values(**_state(changed, since=since)))
+
+
+def _state(f: Finding, since: dt.datetime) -> dict:
+    return {
+        "finding_id": f.id,
+        "created_at": f.created_at,
+        "cause": f.cause,
+        "severity": f.severity,
+        "headline": f.headline,
+        "location": f.location.model_dump(mode="json") if f.location else None,
+        "signature": signature(f),
+        "since": since,
+    }
