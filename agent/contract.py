@@ -201,7 +201,7 @@ class CloudEvaluation(_Model):
     provider: str
     instance: dict
     destination: Destination
-    verdict: Literal["allowed", "blocked", "unknown"]
+    verdict: Literal["allowed", "blocked", "likely-blocked", "unknown"]
     blockers: list[Blocker]
     checked: list[Checked]
     missing_permissions: list[str]

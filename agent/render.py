@@ -262,18 +262,27 @@ def print_sessions(results: list[SmtpResult], console: Console | None = None) ->
 
 
 def print_evaluations(docs: list[dict], console: Console | None = None) -> None:
+    """``mailpath cloud``'s evaluations; a policy that only probably applies (``likely-blocked``,
+    ``certain: false``) reads as "likely blocked: provider policy", never as blocked."""
     console = console or Console()
-    colour = {"allowed": "green", "blocked": "red", "unknown": "yellow"}
+    colour = {"allowed": "green", "blocked": "red", "likely-blocked": "yellow", "unknown": "yellow"}
     for d in docs:
         dest = d["destination"]
+        verdict = d["verdict"]
+        if verdict == "likely-blocked":
+            likely = dict.fromkeys(
+                b["component"].replace("-", " ") for b in d["blockers"] if not b["certain"]
+            )
+            verdict = "likely blocked: " + ", ".join(likely)
         console.print(
             f"[bold]TCP {dest['port']} to {dest['address']}[/] from "
             f"{d['instance'].get('instance_id') or d['instance'].get('eni_id') or 'this host'} "
-            f"({d['provider']}): [{colour[d['verdict']]}]{d['verdict']}[/]"
+            f"({d['provider']}): [{colour.get(d['verdict'], 'yellow')}]{verdict}[/]"
         )
         for b in d["blockers"]:
             what = f"{b['component']} {b['id'] or ''}".strip() + (f" rule {b['rule']}" if b["rule"] else "")
-            console.print(f"  [red]{b['code']}[/] {what} ({b['direction']}): {b['message']}")
+            style = "red" if b["certain"] else "yellow"  # the message of an uncertain one says so
+            console.print(f"  [{style}]{b['code']}[/] {what} ({b['direction']}): {b['message']}")
         rows = [
             [c["component"], c["direction"], c["id"] or "-", c["result"], c["detail"]] for c in d["checked"]
         ]

@@ -4,8 +4,10 @@ boto3 is used unchanged (credentials, region and endpoints the standard way: pro
 environment, instance role, ``AWS_ENDPOINT_URL_EC2``), with botocore's ``standard`` retry
 mode for throttling. Each API call is made at most once per run (results are cached) and
 paginated. A call the credentials may not make is recorded as a missing permission and the
-rest of the evaluation goes on. Only the read-only actions in ``deploy/iam-policy.json``
-are used; ``ACTIONS`` lists them.
+rest of the evaluation goes on. The path is read as AWS builds it: our interface, its subnet's
+ACL and route table, the gateways the routes name, and for a NAT gateway its own subnet's ACL
+and route table (and the gateways those routes name); judging it is the evaluator's part. Only
+the read-only actions in ``deploy/iam-policy.json`` are used; ``ACTIONS`` lists them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from mailpath.cloud.evaluate import Context, Interface
+from mailpath.cloud.evaluate import Context, Interface, Subnet
 from mailpath.probes.errors import CannotRun
 
 # API operation -> the IAM action it needs (all read-only; Describe* need Resource "*")
@@ -29,11 +31,12 @@ ACTIONS = {
         "DescribeVpcs",
         "DescribeInternetGateways",
         "DescribeNatGateways",
+        "DescribeEgressOnlyInternetGateways",
         "GetManagedPrefixListEntries",
     )
 }
 _DENIED = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedAccess"}
-_NOT_FOUND_SUFFIX = ".NotFound"
+_NOT_FOUND_SUFFIX = "NotFound"  # InvalidInternetGatewayID.NotFound, NatGatewayNotFound...
 
 
 class Unreadable(Exception):
@@ -276,7 +279,8 @@ def _prefix_list(r: Reader, pl: str, ctx: Context) -> None:
     ctx.prefix_lists[pl] = [e["Cidr"] for e in entries]
 
 
-def _subnet_nacl(r: Reader, subnet: str, vpc: str | None, ctx: Context, component: str) -> dict | None:
+def _subnet_nacl(r: Reader, subnet: str, vpc: str | None) -> tuple[dict | None, str | None]:
+    """The subnet's network ACL (its association, else the VPC's default ACL), or None and why."""
     try:
         acls = r.call(
             "DescribeNetworkAcls",
@@ -290,12 +294,15 @@ def _subnet_nacl(r: Reader, subnet: str, vpc: str | None, ctx: Context, componen
                 Filters=[{"Name": "vpc-id", "Values": [vpc]}, {"Name": "default", "Values": ["true"]}],
             )
     except Unreadable as e:
-        ctx.unchecked[component] = e.reason
-        return None
-    return acls[0] if acls else None
+        return None, e.reason
+    if not acls:
+        return None, f"no network ACL is associated with {subnet}, nor a default one in {vpc or 'its VPC'}"
+    return acls[0], None
 
 
-def _route_table(r: Reader, subnet: str, vpc: str | None, ctx: Context) -> dict | None:
+def _route_table(r: Reader, subnet: str, vpc: str | None, ctx: Context) -> tuple[dict | None, str | None]:
+    """The subnet's route table (its association, else the VPC's main table), or None and why;
+    the gateways and prefix lists its routes name are read into ``ctx``."""
     try:
         tables = r.call(
             "DescribeRouteTables",
@@ -312,38 +319,65 @@ def _route_table(r: Reader, subnet: str, vpc: str | None, ctx: Context) -> dict 
                 ],
             )
     except Unreadable as e:
-        ctx.unchecked["route-table"] = e.reason
-        return None
+        return None, e.reason
     if not tables:
-        return None
+        return None, f"no route table is associated with {subnet}, nor a main one in {vpc or 'its VPC'}"
     table = tables[0]
     for route in table.get("Routes", []):
         if route.get("DestinationPrefixListId"):
             _prefix_list(r, route["DestinationPrefixListId"], ctx)
         _gateway(r, route, ctx)
-    return table
+    return table, None
+
+
+# gateway id prefix -> the call that describes it: (operation, result key, ids parameter)
+_GATEWAYS = {
+    "igw-": ("DescribeInternetGateways", "InternetGateways", "InternetGatewayIds"),
+    "nat-": ("DescribeNatGateways", "NatGateways", "NatGatewayIds"),
+    "eigw-": (
+        "DescribeEgressOnlyInternetGateways",
+        "EgressOnlyInternetGateways",
+        "EgressOnlyInternetGatewayIds",
+    ),
+}
 
 
 def _gateway(r: Reader, route: dict, ctx: Context) -> None:
-    """Look up route targets; a target that no longer exists makes the route a blackhole
-    (AWS reports it so; some emulators keep it "active")."""
-    gw, nat = route.get("GatewayId", ""), route.get("NatGatewayId", "")
-    try:
-        if gw.startswith("igw-") and gw not in ctx.gateways:
-            found = r.call("DescribeInternetGateways", "InternetGateways", InternetGatewayIds=[gw])
+    """Read the gateway a route names into ``ctx.gateways`` (None: it does not exist), or say
+    in ``ctx.unread`` why it could not be read. Judging it is the evaluator's part."""
+    for gw in (route.get("GatewayId"), route.get("NatGatewayId"), route.get("EgressOnlyInternetGatewayId")):
+        prefix = next((p for p in _GATEWAYS if gw and gw.startswith(p)), None)
+        if prefix is None or gw in ctx.gateways or gw in ctx.unread:
+            continue
+        op, key, ids = _GATEWAYS[prefix]
+        try:
+            found = r.call(op, key, **{ids: [gw]})
             ctx.gateways[gw] = found[0] if found else None
-        elif nat and nat not in ctx.gateways:
-            found = r.call("DescribeNatGateways", "NatGateways", NatGatewayIds=[nat])
-            ctx.gateways[nat] = found[0] if found else None
-    except NotFound:
-        ctx.gateways[gw or nat] = None
-    except Unreadable:
-        pass
-    target = gw or nat
-    if target in ctx.gateways and (
-        ctx.gateways[target] is None or ctx.gateways[target].get("State") in ("deleted", "deleting", "failed")
-    ):
-        route["State"] = "blackhole"
+        except NotFound:
+            ctx.gateways[gw] = None
+        except Unreadable as e:
+            ctx.unread[gw] = e.reason
+
+
+def _path_subnet(r: Reader, subnet: str, vpc: str | None, ctx: Context) -> Subnet:
+    """A subnet the path crosses besides our own (a NAT gateway's): its ACL and route table."""
+    sub = Subnet(subnet)
+    sub.nacl, why = _subnet_nacl(r, subnet, vpc)
+    if why:
+        sub.unread["network-acl"] = why
+    sub.route_table, why = _route_table(r, subnet, vpc, ctx)
+    if why:
+        sub.unread["route-table"] = why
+    return sub
+
+
+def _nat_subnets(r: Reader, src: Interface, ctx: Context) -> None:
+    """For each NAT gateway our route table uses: its subnet's ACL and route table."""
+    for route in (src.route_table or {}).get("Routes", []):
+        nat = ctx.gateways.get(route.get("NatGatewayId") or "")
+        subnet = (nat or {}).get("SubnetId")
+        if subnet and subnet not in ctx.subnets:
+            ctx.subnets[subnet] = _path_subnet(r, subnet, nat.get("VpcId") or src.vpc_id, ctx)
 
 
 def _vpc_cidrs(r: Reader, vpc: str | None, ctx: Context) -> None:
@@ -387,7 +421,9 @@ def _destination(r: Reader, address: str, ctx: Context) -> Interface | None:
     iface, group_ids = _interface_from_api(enis[0])
     iface.groups = _groups(r, group_ids, ctx, "destination-security-group")
     if iface.subnet_id:
-        iface.nacl = _subnet_nacl(r, iface.subnet_id, iface.vpc_id, ctx, "destination-network-acl")
+        iface.nacl, why = _subnet_nacl(r, iface.subnet_id, iface.vpc_id)
+        if why:
+            ctx.unchecked["destination-network-acl"] = why
     return iface
 
 
@@ -401,8 +437,13 @@ def read_context(
     ctx = Context(provider="aws", source=src, ephemeral=ephemeral, unchecked=unchecked)
     src.groups = _groups(r, group_ids, ctx, "security-group")
     if src.subnet_id:
-        src.nacl = _subnet_nacl(r, src.subnet_id, src.vpc_id, ctx, "network-acl")
-        src.route_table = _route_table(r, src.subnet_id, src.vpc_id, ctx)
+        src.nacl, why = _subnet_nacl(r, src.subnet_id, src.vpc_id)
+        if why:
+            ctx.unchecked["network-acl"] = why
+        src.route_table, why = _route_table(r, src.subnet_id, src.vpc_id, ctx)
+        if why:
+            ctx.unchecked["route-table"] = why
+        _nat_subnets(r, src, ctx)
     _vpc_cidrs(r, src.vpc_id, ctx)
     dests = {d: _destination(r, d, ctx) for d in destinations}
     return ctx, dests, r

@@ -236,8 +236,129 @@ def test_port_25_public_versus_private(aws):
     w = World.build(aws)
     ev, _ = check(w, PUBLIC, 25)
     assert codes(ev) == [("provider-policy", "PROVIDER_PORT_25_BLOCK", None)] and not ev.blockers[0].certain
+    assert ev.verdict == "likely-blocked"  # a policy the API cannot confirm: never plain "blocked"
     assert check(w, "10.0.1.99", 25)[0].verdict == "allowed"
-    assert check(w, "192.168.10.10", 25)[0].verdict == "allowed"
+    # a private address outside the VPC meets no provider policy; through the internet gateway
+    # (0.0.0.0/0 here) it goes nowhere, as Reachability Analyzer says
+    ev, _ = check(w, "192.168.10.10", 25)
+    assert codes(ev) == [("internet-gateway", "IGW_DESTINATION_ADDRESS_NOT_IN_RFC1918_EGRESS", None)]
+    policy = next(c for c in ev.checked if c["component"] == "provider-policy")
+    assert policy["result"] == "allowed" and "private" in policy["detail"]
+
+
+# -- the path through a NAT gateway, and IPv6 through an egress-only internet gateway ---------
+
+
+def _nat_public_ip(w: World) -> str:
+    (nat,) = w.ec2.describe_nat_gateways(NatGatewayIds=[w.nat])["NatGateways"]
+    return nat["NatGatewayAddresses"][0]["PublicIp"]
+
+
+def test_nat_path_allowed(aws):
+    """A private subnet (no public address) out through a NAT gateway in a public subnet."""
+    w = World.build(aws, via="nat", public_ip=False)
+    ev, _ = check(w, PUBLIC, 587)
+    assert ev.verdict == "allowed", (codes(ev), ev.checked)
+    results = {(c["component"], c["id"]): c for c in ev.checked}
+    assert results[("route-table", w.rtb)]["detail"].startswith(f"0.0.0.0/0 via {w.nat}")
+    assert _nat_public_ip(w) in results[("nat-gateway", w.nat)]["detail"]
+    assert results[("route-table", w.nat_rtb)]["detail"].startswith(f"0.0.0.0/0 via {w.igw}")
+    assert results[("internet-gateway", w.igw)]["result"] == "allowed"
+    nat_acl = aws.describe_network_acls(
+        Filters=[{"Name": "association.subnet-id", "Values": [w.nat_subnet]}]
+    )["NetworkAcls"][0]["NetworkAclId"]
+    acl_checks = [c for c in ev.checked if c["component"] == "network-acl" and c["id"] == nat_acl]
+    assert len(acl_checks) >= 4 and all(c["result"] == "allowed" for c in acl_checks)  # both ways, twice
+    assert "1024-65535" in " ".join(c["detail"] for c in acl_checks)  # the NAT gateway's ports
+    ev, _ = check(w, PUBLIC, 25)  # the same path; port 25 meets AWS's policy, a likely cause only
+    assert ev.verdict == "likely-blocked" and codes(ev) == [
+        ("provider-policy", "PROVIDER_PORT_25_BLOCK", None)
+    ]
+
+
+def test_nat_subnet_acl_denies_587_egress(aws):
+    w = World.build(aws, via="nat", public_ip=False)
+    acl = w.custom_acl([(90, True, "deny", "6", "0.0.0.0/0", (587, 587)), *ALL], subnet=w.nat_subnet)
+    ev, _ = check(w, PUBLIC, 587)
+    assert codes(ev) == [("network-acl", "SUBNET_ACL_RESTRICTION", "90")]
+    b = ev.blockers[0]
+    assert b.id == acl and b.direction == "egress" and w.nat in b.message and b.certain
+    assert check(w, PUBLIC, 465)[0].verdict == "allowed"
+
+
+def test_nat_subnet_acl_denies_the_replies(aws):
+    """The NAT gateway's replies arrive at its ports 1024-65535, not at this host's range."""
+    w = World.build(aws, via="nat", public_ip=False)
+    into_nat = (100, False, "allow", "6", "10.0.1.0/24", (587, 587))  # from the app subnet
+    acl = w.custom_acl(
+        [
+            (100, True, "allow", "-1", "0.0.0.0/0", None),
+            into_nat,
+            (110, False, "allow", "6", "0.0.0.0/0", (32768, 65535)),  # a Linux host's range only
+        ],
+        subnet=w.nat_subnet,
+    )
+    ev, _ = check(w, PUBLIC, 587)
+    assert codes(ev) == [("network-acl", "SUBNET_ACL_RESTRICTION", "*")]
+    b = ev.blockers[0]
+    assert b.id == acl and b.direction == "ingress"
+    assert "1024-32767" in b.message and "some connection" in b.message and w.nat in b.message
+    acl = w.custom_acl([(100, True, "allow", "-1", "0.0.0.0/0", None), into_nat], subnet=w.nat_subnet)
+    (b,) = check(w, PUBLIC, 587)[0].blockers
+    assert (b.id, b.direction, b.rule) == (acl, "ingress", "*") and "every connection" in b.message
+    # and the other way: the connection from this host into the NAT gateway's subnet
+    w.custom_acl([(100, True, "allow", "-1", "0.0.0.0/0", None)], subnet=w.nat_subnet)
+    blockers = check(w, PUBLIC, 587)[0].blockers
+    assert [(b.direction, b.code) for b in blockers] == [("ingress", "SUBNET_ACL_RESTRICTION")] * 2
+    assert w.private_ip in blockers[0].message and PUBLIC in blockers[1].message
+
+
+def test_nat_subnet_without_a_way_to_the_internet(aws):
+    w = World.build(aws, via="nat", public_ip=False)
+    aws.delete_route(RouteTableId=w.nat_rtb, DestinationCidrBlock="0.0.0.0/0")
+    ev, _ = check(w, PUBLIC, 587)
+    assert codes(ev) == [("route-table", "NO_ROUTE_TO_DESTINATION", None)]
+    assert ev.blockers[0].id == w.nat_rtb and w.nat in ev.blockers[0].message
+    # a route to an internet gateway that no longer exists
+    igw2 = aws.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    aws.create_route(RouteTableId=w.nat_rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw2)
+    aws.delete_internet_gateway(InternetGatewayId=igw2)
+    ev, _ = check(w, PUBLIC, 587)
+    assert codes(ev) == [("route-table", "ROUTE_BLACKHOLE", "0.0.0.0/0")] and ev.blockers[0].id == w.nat_rtb
+    # a route to an internet gateway that is not attached to the VPC
+    igw3 = aws.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    aws.replace_route(RouteTableId=w.nat_rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw3)
+    ev, _ = check(w, PUBLIC, 587)
+    assert codes(ev) == [("internet-gateway", "IGW_NOT_ATTACHED", None)] and ev.blockers[0].id == igw3
+
+
+def test_nat_gateway_deleted_or_unreadable(aws, denier):
+    w = World.build(aws, via="nat", public_ip=False)
+    denier.deny = {"DescribeNatGateways"}
+    ev, reader = check(w, PUBLIC, 587)
+    assert ev.verdict == "unknown" and ev.blockers == []
+    (nat,) = [c for c in ev.checked if c["component"] == "nat-gateway"]
+    assert nat["result"] == "unknown" and nat["detail"].endswith("needs ec2:DescribeNatGateways")
+    assert reader.missing == ["ec2:DescribeNatGateways"]
+    denier.deny = set()
+    aws.delete_nat_gateway(NatGatewayId=w.nat)
+    ev, _ = check(w, PUBLIC, 587)
+    assert codes(ev) == [("route-table", "ROUTE_BLACKHOLE", "0.0.0.0/0")] and ev.blockers[0].id == w.rtb
+
+
+def test_ipv6_through_an_egress_only_internet_gateway(aws):
+    w = World.build(aws, via="nat", public_ip=False)
+    w.custom_acl(ALL)  # AWS's default ACL has IPv6 rules in an IPv6 VPC; moto's does not
+    dest = "2001:db8:5::25"
+    ev, _ = check(w, dest, 587)
+    assert ev.verdict == "allowed", (codes(ev), ev.checked)
+    results = {(c["component"], c["id"]): c["result"] for c in ev.checked}
+    assert results[("egress-only-internet-gateway", w.eigw)] == "allowed"
+    assert ("nat-gateway", w.nat) not in results  # IPv6 does not go through the NAT gateway
+    assert check(w, dest, 25)[0].verdict == "likely-blocked"  # AWS blocks 25 to IPv6 too
+    aws.delete_egress_only_internet_gateway(EgressOnlyInternetGatewayId=w.eigw)
+    ev, _ = check(w, dest, 587)
+    assert codes(ev) == [("route-table", "ROUTE_BLACKHOLE", "::/0")]
 
 
 def test_each_call_is_made_once(aws):
@@ -286,6 +407,10 @@ def test_only_the_policy_actions_are_called(aws):
     aws.create_route(RouteTableId=w.rtb, DestinationPrefixListId=pl, GatewayId=w.igw)
     check(w, PUBLIC, 25, reader)
     check(w, w.private_ip, 25, reader)
+    n = World.build(aws, via="nat", public_ip=False)
+    check(n, PUBLIC, 587, reader)
+    check(n, "2001:db8:5::25", 587, reader)
+    assert {"ec2:DescribeNatGateways", "ec2:DescribeEgressOnlyInternetGateways"} <= seen
     assert seen, "no call was recorded"
     assert seen <= allowed, seen - allowed
     assert set(ACTIONS.values()) <= allowed
@@ -335,7 +460,7 @@ def test_cli_several_ports_and_missing_permission(aws, denier):
     )
     evs = json.loads(r.stdout)["evaluations"]
     assert [e["destination"]["port"] for e in evs] == [25, 587]
-    assert evs[0]["verdict"] == "blocked" and evs[1]["verdict"] == "unknown"
+    assert evs[0]["verdict"] == "likely-blocked" and evs[1]["verdict"] == "unknown"
     assert evs[1]["missing_permissions"] == ["ec2:DescribeSecurityGroups"]
     assert evs[1]["unchecked"][0]["message"] == (
         "could not check security-group: needs ec2:DescribeSecurityGroups"
@@ -355,3 +480,22 @@ def test_cli_provider_policy_without_aws(aws):
     r = run_cli("--dest", PUBLIC, "--port", "25", "--provider", "gcp", "--json")
     (d,) = json.loads(r.stdout)["evaluations"]
     assert d["provider"] == "gcp" and d["blockers"][0]["code"] == "PROVIDER_PORT_25_BLOCK"
+    assert d["verdict"] == "likely-blocked" and r.returncode == 1
+    r = run_cli("--dest", PUBLIC, "--port", "25", "--provider", "gcp")
+    assert r.returncode == 1 and "likely blocked: provider policy" in " ".join(r.stdout.split())
+
+
+def test_cli_destinations_no_provider_policy_meets(aws):
+    """Loopback, unspecified and link-local never reach the cloud's network; private addresses
+    (RFC 1918, ULA) meet no provider policy; nothing is ever called "blocked" by a policy."""
+    for dest in ("127.0.0.1", "::1", "0.0.0.0", "169.254.10.1", "fe80::1"):
+        r = run_cli("--dest", dest, "--port", "25", "--provider", "gcp", "--json")
+        (d,) = json.loads(r.stdout)["evaluations"]
+        assert (d["verdict"], d["blockers"], r.returncode) == ("allowed", [], 0), (dest, d)
+    for dest in ("10.1.2.3", "172.16.0.9", "192.168.1.1", "fd12:3456::25"):
+        for provider in ("gcp", "azure"):
+            r = run_cli("--dest", dest, "--port", "25", "--provider", provider, "--json")
+            (d,) = json.loads(r.stdout)["evaluations"]
+            assert d["blockers"] == [] and d["verdict"] == "unknown", (dest, d)
+            unread = [c for c in d["checked"] if c["result"] == "unknown"]
+            assert unread and all(c["detail"].startswith("could not check firewall: ") for c in unread)

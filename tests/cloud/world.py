@@ -1,5 +1,7 @@
-"""An AWS world in moto for the cloud tests: a VPC, a subnet routed to an internet gateway,
-and an instance whose security group allows only what a test says.
+"""An AWS world in moto for the cloud tests: a VPC, a subnet routed to an internet gateway (or,
+``via="nat"``, a private subnet routed to a NAT gateway in a public subnet, and IPv6 to an
+egress-only internet gateway), and an instance whose security group allows only what a test
+says.
 
 Also runnable inside a lab namespace, where the test process cannot reach moto's loopback:
 ``python -m tests.cloud.world ENDPOINT [open|no-25]`` builds a world and prints its ids and
@@ -28,9 +30,17 @@ class World:
     eni: str
     private_ip: str
     ipv6: str | None = None
+    # via="nat": the NAT gateway, its (public) subnet and that subnet's route table, and the
+    # egress-only internet gateway the instance's IPv6 goes to
+    nat: str | None = None
+    nat_subnet: str | None = None
+    nat_rtb: str | None = None
+    eigw: str | None = None
 
     @classmethod
-    def build(cls, ec2, *, egress: list[dict] | None = None, public_ip: bool = True) -> World:
+    def build(
+        cls, ec2, *, egress: list[dict] | None = None, public_ip: bool = True, via: str = "igw"
+    ) -> World:
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16", AmazonProvidedIpv6CidrBlock=True)["Vpc"]
         vpc_id = vpc["VpcId"]
         v6block = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0]["Ipv6CidrBlockAssociationSet"][0][
@@ -43,8 +53,26 @@ class World:
         ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc_id)
         rtb = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]["RouteTableId"]
         ec2.associate_route_table(RouteTableId=rtb, SubnetId=subnet)
-        ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
-        ec2.create_route(RouteTableId=rtb, DestinationIpv6CidrBlock="::/0", GatewayId=igw)
+        nat = nat_subnet = nat_rtb = eigw = None
+        if via == "nat":  # the instance's subnet is private: out through a NAT gateway
+            nat_subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.0.0.0/24")["Subnet"]["SubnetId"]
+            nat_rtb = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]["RouteTableId"]
+            ec2.associate_route_table(RouteTableId=nat_rtb, SubnetId=nat_subnet)
+            ec2.create_route(RouteTableId=nat_rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+            alloc = ec2.allocate_address(Domain="vpc")["AllocationId"]
+            nat = ec2.create_nat_gateway(SubnetId=nat_subnet, AllocationId=alloc)["NatGateway"][
+                "NatGatewayId"
+            ]
+            eigw = ec2.create_egress_only_internet_gateway(VpcId=vpc_id)["EgressOnlyInternetGateway"][
+                "EgressOnlyInternetGatewayId"
+            ]
+            ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+            ec2.create_route(
+                RouteTableId=rtb, DestinationIpv6CidrBlock="::/0", EgressOnlyInternetGatewayId=eigw
+            )
+        else:
+            ec2.create_route(RouteTableId=rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+            ec2.create_route(RouteTableId=rtb, DestinationIpv6CidrBlock="::/0", GatewayId=igw)
         sg = ec2.create_security_group(GroupName="mail", Description="mail", VpcId=vpc_id)["GroupId"]
         default = ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0]["IpPermissionsEgress"]
         if default:
@@ -83,11 +111,17 @@ class World:
             eni["NetworkInterfaceId"],
             inst["PrivateIpAddress"],
             v6[0] if v6 else None,
+            nat,
+            nat_subnet,
+            nat_rtb,
+            eigw,
         )
 
-    def custom_acl(self, entries: list[tuple]) -> str:
-        """Put the subnet behind a new ACL with (number, egress, action, protocol, cidr, ports) rules."""
+    def custom_acl(self, entries: list[tuple], subnet: str | None = None) -> str:
+        """Put the subnet (default: the instance's) behind a new ACL with (number, egress,
+        action, protocol, cidr, ports) rules."""
         ec2 = self.ec2
+        subnet = subnet or self.subnet
         acl = ec2.create_network_acl(VpcId=self.vpc)["NetworkAcl"]["NetworkAclId"]
         for number, egress, action, proto, cidr, ports in entries:
             kwargs = {"Ipv6CidrBlock" if ":" in cidr else "CidrBlock": cidr}
@@ -101,13 +135,11 @@ class World:
                 Egress=egress,
                 **kwargs,
             )
-        assoc = ec2.describe_network_acls(
-            Filters=[{"Name": "association.subnet-id", "Values": [self.subnet]}]
-        )
+        assoc = ec2.describe_network_acls(Filters=[{"Name": "association.subnet-id", "Values": [subnet]}])
         current = next(
             a["NetworkAclAssociationId"]
             for a in assoc["NetworkAcls"][0]["Associations"]
-            if a["SubnetId"] == self.subnet
+            if a["SubnetId"] == subnet
         )
         ec2.replace_network_acl_association(AssociationId=current, NetworkAclId=acl)
         return acl
