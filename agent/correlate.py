@@ -62,7 +62,15 @@ ENVELOPE_CODES = (
     "sender-deferred",
     "recipient-deferred",
 )
-CERTAIN_CLOUD = ("security-group", "network-acl", "route-table", "internet-gateway")
+CERTAIN_CLOUD = (
+    "security-group",
+    "network-acl",
+    "route-table",
+    "internet-gateway",
+    "nat-gateway",
+    "egress-only-internet-gateway",
+    "network-interface",
+)
 
 
 @dataclass

@@ -106,6 +106,12 @@ def test_silent_drop_at_hop_1_and_a_security_group_without_the_port_is_cloud_con
     assert any(e.source == "trace" for e in d.evidence) and "sg-0abc" in d.remediation[0]
 
 
+def test_a_nat_gateway_that_certainly_blocks_outranks_the_provider_policy():
+    nat = Blocker("nat-gateway", "egress", "nat-0abc", None, "BAD_STATE", "nat-0abc is pending")
+    d = dx(Observation(DEST, probe("filtered", port=25), trace(drop_after=1), cloud=cloud(nat, POLICY)))
+    assert d.cause == "cloud-config" and d.location.component == "nat-0abc"
+
+
 def test_everything_allowed_on_aws_port_25_public_is_cloud_policy():
     d = dx(Observation(DEST, probe("filtered", port=25), trace(drop_after=1), cloud=cloud(POLICY)))
     assert d.cause == "cloud-policy" and d.location.component == "provider-policy"
