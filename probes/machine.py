@@ -22,6 +22,17 @@ class Machine(Protocol):
     def send_failed(self, send, err: int, now: float) -> None: ...
 
 
+class DropAware(Protocol):
+    """A machine that can be told that replies were lost before it saw them.
+
+    ``dropped(n, now, since)``: this host's kernel dropped ``n`` replies (a receive queue
+    overflowed) after ``since`` (None: at some unknown time) and by ``now``. The machine
+    decides what to ask again; a driver only reports. Drivers call it when the machine has it.
+    """
+
+    def dropped(self, n: int, now: float, since: float | None = None) -> None: ...
+
+
 class Together:
     """Run several machines as one (e.g. traces of every address of a name, concurrently).
 
@@ -54,3 +65,10 @@ class Together:
 
     def send_failed(self, send, err: int, now: float) -> None:
         self._owner[id(send)].send_failed(send, err, now)
+
+    def dropped(self, n: int, now: float, since: float | None = None) -> None:
+        """Any machine's replies may have been among those dropped: each that can, re-asks."""
+        for m in self.machines:
+            report = getattr(m, "dropped", None)
+            if report is not None:
+                report(n, now, since)

@@ -4,6 +4,14 @@ Everything here is thin on purpose; decisions live in the sans-I/O machines (``s
 ``trace``). IPv4 is sent through an IP_HDRINCL socket so each packet carries its own TTL;
 IPv6 through a raw TCP/ICMPv6 socket with the hop limit and source address as ancillary
 data, and received with them as ancillary data too (IPv6 raw sockets never show the header).
+
+Replies must survive a busy host. Each receiving socket's queue is sized for the batch
+(``SO_RCVBUFFORCE``, which passes ``net.core.rmem_max``, then ``SO_RCVBUF`` capped by it).
+Should the queue still overflow (the driver starved of CPU while replies pour in), the
+kernel's drop count comes with every later packet (``SO_RXQ_OVFL``, read with ``recvmsg``)
+and from ``/proc/net/raw``/``raw6`` (the ``drops`` column of our sockets, by inode), and
+:func:`drive` tells the machine (``dropped``), which decides what to ask again. Replies already
+queued are read before any timer is judged, so a reply that came in time is never late.
 """
 
 from __future__ import annotations
@@ -21,17 +29,36 @@ from mailpath.probes.errors import NO_RAW, PermissionDenied
 from mailpath.probes.machine import Machine
 
 _HOPLIMIT = struct.Struct("i")
+_U32 = struct.Struct("I")
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python
+_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux; not exported by Python
+_ANC4 = socket.CMSG_SPACE(4)  # SO_RXQ_OVFL
+_ANC6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4) + socket.CMSG_SPACE(4)  # pktinfo, hop limit, drops
+# Receive queue per socket: the kernel charges each queued packet its buffer's true size
+# (about 0.8 KiB for a reply on a veth, up to a few KiB on real NICs) and doubles what is asked.
+RCVBUF_MIN = 16 << 20
+RCVBUF_MAX = 256 << 20
+_PER_REPLY = 2048
+# How often the driver reads the sockets' drop counters from /proc (and once more before done).
+_PROC_EVERY = 0.1
+
+
+def rcvbuf_for(replies: int) -> int:
+    """The receive queue (bytes asked, before the kernel doubles it) for a batch that may
+    draw ``replies`` replies, every one of them queued at once: 16 MiB at least, 256 MiB at
+    most. Memory is charged only for packets actually queued."""
+    return max(RCVBUF_MIN, min(RCVBUF_MAX, replies * _PER_REPLY))
 
 
 def _raw(family: int, proto: int, rcvbuf: int) -> socket.socket:
     s = socket.socket(family, socket.SOCK_RAW, proto)
     s.setblocking(False)
     if proto != socket.IPPROTO_RAW:
-        try:
+        try:  # CAP_NET_ADMIN (in the socket's network namespace): past net.core.rmem_max
             s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
-        except OSError:
+        except OSError:  # without it, capped at rmem_max: the drop count covers what overflows
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
     if family == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
@@ -41,10 +68,12 @@ def _raw(family: int, proto: int, rcvbuf: int) -> socket.socket:
 class RawNet:
     """Raw sockets for the families in use. Opening needs CAP_NET_RAW (else PermissionDenied)."""
 
-    def __init__(self, families: set[int], rcvbuf: int = 1 << 24) -> None:
+    def __init__(self, families: set[int], rcvbuf: int = RCVBUF_MIN) -> None:
         self._send4 = self._send6 = None
         self._recv: dict[int, tuple[int, int]] = {}  # fd -> (family, proto)
         self._socks: list[socket.socket] = []
+        self._drops: dict[int, int] = {}  # fd -> the kernel's drop count, as last seen
+        self._inodes: dict[int, int] = {}  # socket inode -> fd (to read /proc/net/raw*)
         try:
             if 4 in families:
                 self._send4 = self._add(_raw(socket.AF_INET, socket.IPPROTO_RAW, rcvbuf), None)
@@ -68,7 +97,33 @@ class RawNet:
         self._socks.append(s)
         if recv:
             self._recv[s.fileno()] = recv
+            self._drops[s.fileno()] = 0
+            self._inodes[os.fstat(s.fileno()).st_ino] = s.fileno()
         return s
+
+    @property
+    def rcvbuf(self) -> int:
+        """The smallest receive queue (bytes) the kernel actually gave a receiving socket."""
+        by_fd = {s.fileno(): s for s in self._socks}
+        return min(by_fd[fd].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for fd in self._recv)
+
+    def drops(self, fresh: bool = False) -> int:
+        """Replies the kernel dropped on our receiving sockets (their queues overflowed) so far:
+        as the last packets read said (SO_RXQ_OVFL), or, ``fresh``, read from /proc now."""
+        if fresh:
+            for name in ("raw", "raw6"):
+                try:
+                    with open(f"/proc/net/{name}") as f:
+                        lines = f.read().splitlines()[1:]
+                except OSError:
+                    continue
+                for line in lines:
+                    fields = line.split()
+                    # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                    if len(fields) >= 13 and fields[9].isdigit() and int(fields[9]) in self._inodes:
+                        fd = self._inodes[int(fields[9])]
+                        self._drops[fd] = max(self._drops[fd], int(fields[-1]))
+        return sum(self._drops.values())
 
     def __enter__(self) -> RawNet:
         return self
@@ -115,18 +170,21 @@ class RawNet:
             sock = by_fd[fd]
             while len(out) < limit:
                 try:
-                    dg = wire.parse_ipv4(sock.recv(65535)) if family == 4 else _recv6(sock, proto)
+                    data, anc, _flags, addr = sock.recvmsg(65535, _ANC4 if family == 4 else _ANC6)
                 except BlockingIOError:
                     break
                 except OSError:
                     break
+                for level, kind, value in anc:
+                    if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(value) >= 4:
+                        self._drops[fd] = max(self._drops[fd], _U32.unpack_from(value)[0])
+                dg = wire.parse_ipv4(data) if family == 4 else _datagram6(data, anc, addr, proto)
                 if dg is not None:
                     out.append(dg)
         return out
 
 
-def _recv6(sock: socket.socket, proto: int) -> wire.Datagram | None:
-    data, anc, _flags, addr = sock.recvmsg(65535, socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4))
+def _datagram6(data: bytes, anc: list, addr: tuple, proto: int) -> wire.Datagram | None:
     ttl, dst = None, None
     for level, kind, value in anc:
         if level != socket.IPPROTO_IPV6:
@@ -147,15 +205,25 @@ def drive(
     clock: Callable[[], float] = time.monotonic,
     progress: Callable[[], None] | None = None,
 ) -> None:
-    """Run a sans-I/O machine against real sockets until it is done."""
+    """Run a sans-I/O machine against real sockets until it is done.
+
+    Replies already queued are fed before the machine judges any timer, so a reply that came
+    in time is never taken for silence however late this process gets the CPU. Replies the
+    kernel dropped are reported to the machine (when it takes such reports), with the
+    interval they were lost in, before it may finish.
+    """
     reported = 0.0
+    drops = _DropWatch(net, machine, clock)
     while True:
+        for dg in net.receive(0.0):
+            machine.feed(dg, clock())
+        drops.check()
         now = clock()
         for pkt in machine.poll(now):
             err = net.send(pkt)
             if err is not None:
                 machine.send_failed(pkt, err, now)
-        if machine.done:
+        if machine.done and not drops.check(fresh=True):
             return
         wait = min(machine.next_wakeup(now) - clock(), 0.25)
         for dg in net.receive(wait):
@@ -163,3 +231,33 @@ def drive(
         if progress and clock() - reported > 0.2:
             reported = clock()
             progress()
+
+
+class _DropWatch:
+    """Tells the machine of replies the kernel dropped: how many, by when, and since when.
+
+    The count read from /proc at a moment is exact, so drops found later happened after it
+    (``since``); the count that comes with a packet tells of drops before that packet was
+    queued, so it only moves the count, never ``since``."""
+
+    def __init__(self, net: RawNet, machine: Machine, clock: Callable[[], float]) -> None:
+        self.net, self.clock = net, clock
+        self.report = getattr(machine, "dropped", None)
+        # drops before the machine sent anything cost it nothing: count from here
+        self.read_at = self.since = clock()
+        self.total = net.drops(fresh=True)
+
+    def check(self, fresh: bool = False) -> bool:
+        """Report new drops; True when there were any. ``fresh``: read /proc now."""
+        if self.report is None:
+            return False
+        at = self.clock()
+        fresh = fresh or at - self.read_at >= _PROC_EVERY
+        count = self.net.drops(fresh=fresh)
+        new = count > self.total
+        if new:
+            self.report(count - self.total, self.clock(), self.since)
+            self.total = count
+        if fresh:
+            self.read_at = self.since = at
+        return new

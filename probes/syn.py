@@ -18,6 +18,13 @@ How a batch runs:
      replies of that address (SYN-ACK, ICMP from the address, echo reply). When the batch
      does not tell, we ask: an ICMP echo to the address, and the same SYN with TTL equal to
      the RST's hop. Time-exceeded to that SYN proves something lies beyond the RST's origin.
+
+Replies this host's kernel dropped (a receive queue that overflowed while the driver was
+starved of CPU) must never read as silence. The driver reports them (:meth:`dropped`: *n*
+replies were lost between two moments); every try still unanswered that listened in that
+interval then does not count, and its probe (or check) is asked again, at half the send rate
+so the re-asks do not overflow the queue once more. A reply that comes after its probe was
+declared silent still counts while the batch runs. Drops cost time, never a verdict.
 """
 
 from __future__ import annotations
@@ -65,6 +72,15 @@ class _Probe:
     listened: float = 0.0  # seconds from the first try to the end of the last
     done: bool = False
     live: bool = False  # a try is in flight and its timer runs
+    # -- replies the kernel dropped (see SynBatch.dropped)
+    sent_at: float = 0.0  # when the latest try went out
+    ended_at: float = 0.0  # when the latest try stopped listening
+    extra: int = 0  # tries that do not count: their answer may have been dropped
+    cleared: int = 0  # the try (its number) last found to have possibly lost its answer
+    tainted: bool = False  # the live try may have lost its answer (it is refunded at expiry)
+    exhausted: bool = False  # fast tries used up, waiting for the settle phase
+    reasked: int = 0  # tries asked again because of drops
+    lost: bool = False  # more drops than re-asks allowed: silence not confirmed
 
 
 @dataclass(slots=True)
@@ -79,6 +95,14 @@ class _Check:
     reply: Reply | None = None
     done: bool = False
     live: bool = False  # a try is in flight and its timer runs
+    moot: bool = False  # another answer made it unnecessary
+    sent_at: float = 0.0
+    ended_at: float = 0.0
+    extra: int = 0
+    cleared: int = 0
+    tainted: bool = False
+    reasked: int = 0
+    lost: bool = False
 
 
 @dataclass
@@ -95,6 +119,11 @@ class Options:
     # N unanswered probes behind an error-sending router take about N seconds; past this
     # budget the rest are reported filtered, marked as not confirmed. None: no limit.
     pace_budget: float | None = 120.0
+    # How often one probe may be asked again because this host dropped replies it may have
+    # carried; past it the probe is reported filtered, marked as not confirmed.
+    reasks: int = 8
+    # The send rate never falls below this, however often replies are dropped.
+    min_rate: float = 500.0
 
 
 def _family(item: _Probe | _Check) -> int:
@@ -127,6 +156,8 @@ class SynBatch:
         self._timers: list[tuple[float, int, _Probe | _Check]] = []
         self._tick = 0
         self._inflight = 0  # items with a live try
+        self._rate = o.rate
+        self._burst = o.burst
         self._tokens = float(o.burst)
         self._token_time: float | None = None
         self._settling = False
@@ -136,6 +167,8 @@ class SynBatch:
         self._beyond: dict[str, int] = {}  # address -> a hop its SYN was seen to pass
         self._checks: list[_Check] = []
         self._exhausted: list[_Probe] = []  # fast tries used up, waiting for the settle phase
+        self._asked: set[tuple[str, int | None]] = set()  # RST placement questions: (address, TTL|None)
+        self.drops = 0  # replies the driver reported dropped by the kernel
         self._locals = {s for s in self.sources.values() if isinstance(s, str)}
         base = self.rng.randrange(33000, 60000)
         for n, t in enumerate(self.targets):
@@ -167,7 +200,7 @@ class SynBatch:
         """When poll() next has something to do (a timer, a paced slot or send tokens)."""
         times = [self._timers[0][0]] if self._timers else []
         if self._pending or self._retry or self._free_checks:
-            times.append(now if self._tokens >= 1 else now + 1 / self.options.rate)
+            times.append(now if self._tokens >= 1 else now + 1 / self._rate)
         times += [p.gate(self._max_rtt) for p in self._pacers.values() if p.queue]
         return min(times, default=now + self.options.timeout)
 
@@ -221,7 +254,7 @@ class SynBatch:
         # the pacing margin: a reply held back at a router (a failed ARP) is no round trip
         self._max_rtt = max(self._max_rtt, min(now - seq.sent_at, self.options.timeout))
         owner = seq.owner
-        if owner.done:
+        if owner.done and (owner.reply is not None or not self._late_ok(owner)):
             return
         owner.reply, owner.done = reply, True
         if owner.live:
@@ -230,6 +263,8 @@ class SynBatch:
         if isinstance(owner, _Probe):
             owner.rtt = now - seq.sent_at
             self._learn(owner.target.address, reply)
+            if self._settling and reply.kind is ReplyKind.RST:  # a re-asked probe, refused late
+                self._ask_about_rsts([owner])
         else:
             self._learn_check(owner, reply)
 
@@ -248,16 +283,81 @@ class SynBatch:
             item.local_errno = err
         item.done = True
 
+    def dropped(self, n: int, now: float, since: float | None = None) -> None:
+        """The kernel dropped ``n`` replies after ``since`` (None: at any time) and by ``now``.
+
+        Every try still unanswered that listened in that interval may have lost its answer:
+        it does not count. A live try is asked again when its timer ends; a probe waiting
+        for the settle phase or already declared silent is asked again now (paced, if its
+        silence was a paced one). The send rate halves, so the re-asks do not overflow the
+        receive queue again.
+        """
+        if n <= 0:
+            return
+        o = self.options
+        self.drops += n
+        self._rate = max(o.min_rate, self._rate / 2)
+        self._burst = max(16, self._burst // 2)
+        self._tokens = min(self._tokens, float(self._burst))
+        # a reply may arrive a while after its try stopped listening (a late host-unreachable)
+        lo = float("-inf") if since is None else since - o.timeout - self._max_rtt
+        for item in [*self._probes, *self._checks]:
+            if item.reply is not None or item.attempts == 0 or item.cleared == item.attempts:
+                continue
+            if isinstance(item, _Probe) and (item.flow is None or item.local_errno is not None):
+                continue
+            if isinstance(item, _Check) and item.moot:
+                continue
+            if item.sent_at > now or not (item.live or item.ended_at >= lo):
+                continue
+            if item.reasked >= o.reasks:
+                item.lost = True
+                continue
+            item.cleared = item.attempts
+            item.reasked += 1
+            if item.live:
+                item.tainted = True  # refunded when its timer ends
+            else:
+                item.extra += 1
+                self._reask(item)
+
     def results(self) -> list[ProbeResult]:
         return [self._result(p) for p in self._probes]
 
     # -- internals ---------------------------------------------------------------------
 
     def _refill(self, now: float) -> None:
-        o = self.options
         if self._token_time is not None:
-            self._tokens = min(o.burst, self._tokens + (now - self._token_time) * o.rate)
+            self._tokens = min(self._burst, self._tokens + (now - self._token_time) * self._rate)
         self._token_time = now
+
+    def _late_ok(self, item: _Probe | _Check) -> bool:
+        """May a reply still count for this item, declared done without one? Yes while the
+        batch runs, unless the item never went out or its question became moot."""
+        if isinstance(item, _Probe):
+            return item.flow is not None and item.local_errno is None
+        return not item.moot
+
+    def _reask(self, item: _Probe | _Check) -> None:
+        """Put an item whose latest (finished) try may have lost its answer back in line."""
+        pacer = self._pacers[_family(item)]
+        if isinstance(item, _Check):
+            if item.done:
+                item.done = False
+                if item.flow is not None and pacer.errors:
+                    pacer.queue.appendleft(item)
+                else:
+                    self._free_checks.append(item)
+            return  # else it is queued already, and its refunded try makes room for one more
+        if item.exhausted:
+            item.exhausted = False
+            self._retry.append(item)
+        elif item.done:
+            item.done = item.unconfirmed = False
+            if item.paced:  # its silence was a paced one: so is the re-ask
+                pacer.queue.append(item)
+            else:
+                self._retry.append(item)
 
     def _wait(self, item: _Probe | _Check, now: float) -> float:
         """How long this try listens: ``timeout``, but a probe's last fast try listens until
@@ -276,6 +376,7 @@ class SynBatch:
     def _send(self, item: _Probe | _Check, now: float) -> Send:
         item.attempts += 1
         item.live = True
+        item.sent_at = now
         self._inflight += 1
         heapq.heappush(self._timers, (now + self._wait(item, now), self._tick, item))
         self._tick += 1
@@ -302,21 +403,29 @@ class SynBatch:
                 continue
             item.live = False
             self._inflight -= 1
+            item.ended_at = now
+            refunded = item.tainted  # this try may have lost its answer: it does not count
+            if refunded:
+                item.tainted = False
+                item.extra += 1
             if isinstance(item, _Probe):
                 item.listened = now - item.first_sent
             pacer = self._pacers[_family(item)]
             if isinstance(item, _Check):
-                if item.attempts > retries:
+                if item.attempts > retries + item.extra:
                     item.done = True
                 elif item.flow is not None and pacer.errors:
                     pacer.queue.appendleft(item)  # its time-exceeded may have been rate-limited
                 else:
                     self._free_checks.append(item)
+            elif item.paced and refunded:
+                pacer.queue.append(item)
             elif item.paced:
                 item.done = True  # a paced try had a token at every router: a real drop
-            elif item.attempts <= retries:
+            elif item.attempts <= retries + item.extra:
                 self._retry.append(item)
             elif not self._settling:
+                item.exhausted = True
                 self._exhausted.append(item)
             elif pacer.errors:
                 pacer.queue.append(item)
@@ -327,24 +436,36 @@ class SynBatch:
         """The fast phase is over: queue paced retries and the checks that place RSTs."""
         self._settling = True
         for p in self._exhausted:
+            if not p.exhausted:  # asked again meanwhile (a drop)
+                continue
+            p.exhausted = False
             pacer = self._pacers[_family(p)]
             if pacer.errors:
                 pacer.queue.append(p)
             else:
                 p.done = True
         self._exhausted.clear()
+        self._ask_about_rsts(self._probes)
+
+    def _ask_about_rsts(self, probes: list[_Probe]) -> None:
+        """Queue the questions that place the RSTs these probes got (each asked once)."""
         rst_hops: dict[str, dict[int, _Probe]] = {}
-        for p in self._probes:
+        for p in probes:
             if p.reply and p.reply.kind is ReplyKind.RST:
                 rst_hops.setdefault(p.target.address, {}).setdefault(p.reply.hop, p)
         for address, hops in rst_hops.items():
             if address in self._dest_hop:
                 continue
             src = next(iter(hops.values())).flow.local
-            echo = _Check(address, DEFAULT_TTL, None, src)
-            self._checks.append(echo)
-            self._free_checks.append(echo)
+            if (address, None) not in self._asked:
+                self._asked.add((address, None))
+                echo = _Check(address, DEFAULT_TTL, None, src)
+                self._checks.append(echo)
+                self._free_checks.append(echo)
             for hop, p in sorted(hops.items()):
+                if (address, hop) in self._asked:
+                    continue
+                self._asked.add((address, hop))
                 check = _Check(address, hop, p.flow, src)
                 self._checks.append(check)
                 pacer = self._pacers[_family(check)]
@@ -370,7 +491,7 @@ class SynBatch:
         if check.address in self._dest_hop or all(c.done for c in mine if c.flow is not None):
             for c in mine:
                 if not c.done:
-                    c.done = True
+                    c.done = c.moot = True
                     if c.live:
                         c.live = False
                         self._inflight -= 1
@@ -398,6 +519,13 @@ class SynBatch:
             n = p.attempts
             why = f"no reply to {n} SYN{'s' if n > 1 else ''} in {p.listened:.1f} s"
             routers = ", ".join(sorted(self._pacers[t.family].errors))
+            if p.reasked:
+                why += f" ({p.reasked} asked again: this host dropped replies they may have drawn)"
+            if p.lost:
+                why += (
+                    "; not confirmed: this host dropped replies (its receive queue overflowed) "
+                    "more often than the probe could be asked again"
+                )
             if p.paced:
                 why += f"; the last one paced so that ICMP rate limits ({routers}) could not hide a reject"
             elif p.unconfirmed:
@@ -487,9 +615,11 @@ def probe_raw(
 ) -> list[ProbeResult]:
     """Probe all targets in one raw batch. Raises PermissionDenied without CAP_NET_RAW."""
     from mailpath.probes.local import route
-    from mailpath.probes.rawsock import RawNet, drive
+    from mailpath.probes.rawsock import RawNet, drive, rcvbuf_for
 
-    with RawNet({t.family for t in targets}) as net:
+    # every reply of every try (and the RST checks) may be queued at once on a starved host
+    rcvbuf = rcvbuf_for(len(targets) * (options.retries + 1))
+    with RawNet({t.family for t in targets}, rcvbuf) as net:
         sources = {a: route(a) for a in {t.address for t in targets}}
         batch = SynBatch(targets, sources, options)
         tick = (lambda: progress(*batch.progress)) if progress else None

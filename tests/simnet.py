@@ -4,12 +4,18 @@ Replies are built with scapy, an implementation independent of ``probes.wire``. 
 behave as Linux does where it matters: TTL expiry is answered before any firewall rule,
 and ICMP errors are rate-limited per destination by a token bucket (burst 6, one token per
 ``icmp_interval``). Deliveries happen after ``delay`` seconds per hop, each way.
+
+This host's kernel may drop replies too (a receive queue that overflowed): ``lose`` decides,
+for each reply about to be delivered (its index in delivery order, its time, the datagram),
+whether it is dropped; :func:`run` then reports the drops to the machine, as the real driver
+does from the sockets' drop counters.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailpath.probes import wire
@@ -102,12 +108,21 @@ def _verdict(action, family: int) -> Verdict:
 class SimNet:
     """Transmit ``syn.Send`` packets along ``path``; replies queue up in virtual time."""
 
-    def __init__(self, path: Path, client4: str = "198.18.1.1", client6: str = "2001:db8:1::1"):
+    def __init__(
+        self,
+        path: Path,
+        client4: str = "198.18.1.1",
+        client6: str = "2001:db8:1::1",
+        lose: Callable[[int, float, wire.Datagram], bool] | None = None,
+    ):
         self.path = path
         self.client = {4: client4, 6: client6}
         self._queue: list[tuple[float, int, wire.Datagram]] = []
         self._n = itertools.count()
         self.sent = 0
+        self.lose = lose
+        self.delivered = 0  # replies that reached this host, dropped ones included
+        self.dropped = 0  # of those, dropped by this host's kernel (its receive queue overflowed)
 
     def next_delivery(self) -> float | None:
         return self._queue[0][0] if self._queue else None
@@ -118,7 +133,12 @@ class SimNet:
     def deliver_until(self, now: float) -> list[wire.Datagram]:
         out = []
         while self._queue and self._queue[0][0] <= now:
-            out.append(heapq.heappop(self._queue)[2])
+            when, _, dg = heapq.heappop(self._queue)
+            index, self.delivered = self.delivered, self.delivered + 1
+            if self.lose is not None and self.lose(index, when, dg):
+                self.dropped += 1
+            else:
+                out.append(dg)
         return out
 
     def transmit(self, send, now: float) -> None:
@@ -223,8 +243,12 @@ def _echo_reply(fam: int, src: str, dst: str, request: bytes):
 
 
 def run(machine, net: SimNet, *, limit: float = 100_000.0) -> float:
-    """Drive ``machine`` against ``net`` in virtual time; returns the virtual time taken."""
+    """Drive ``machine`` against ``net`` in virtual time; returns the virtual time taken.
+
+    Replies the net dropped are reported as the driver does: how many, by when, and since
+    when (the previous look, when none had been dropped since the last report)."""
     now = 0.0
+    reported, looked = 0, 0.0
     while True:
         for send in machine.poll(now):
             net.transmit(send, now)
@@ -237,3 +261,7 @@ def run(machine, net: SimNet, *, limit: float = 100_000.0) -> float:
             raise AssertionError(f"machine not done after {limit} virtual seconds")
         for dg in net.deliver_until(now):
             machine.feed(dg, now)
+        if net.dropped > reported:
+            machine.dropped(net.dropped - reported, now, looked)
+            reported = net.dropped
+        looked = now

@@ -6,6 +6,7 @@ is that every verdict matches what the path really does, whatever the rate-limit
 
 from __future__ import annotations
 
+import copy
 import errno
 import random
 
@@ -275,3 +276,114 @@ def test_echo_answer_ends_the_wait_for_the_ttl_limited_syn():
     (r,) = batch.results()
     assert r.verdict is Verdict.RESET_IN_PATH and r.destination_hop == 3
     assert elapsed < 0.1
+
+
+# -- replies this host's kernel dropped ---------------------------------------------------
+
+
+def _lose(indices: set[int]):
+    return lambda index, when, dg: index in indices
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scenarios(), st.integers(0, 2**32), st.integers(0, 2), st.sets(st.integers(0, 30), min_size=1, max_size=6)
+)
+def test_dropped_replies_change_the_time_never_a_verdict(scenario, seed, retries, lost):
+    """Whichever replies the kernel drops (SYN-ACK, RST, ICMP error, echo reply, time
+    exceeded), a verdict a run without drops gets right stays right."""
+    family, path, ports = scenario
+    calm = _batch(family, path, ports, seed, retries=retries)
+    run(calm, SimNet(copy.deepcopy(path)))
+    batch = _batch(family, path, ports, seed, retries=retries)
+    net = SimNet(path, lose=_lose(lost))
+    run(batch, net)
+    assert batch.drops == net.dropped
+    for lossy, quiet in zip(batch.results(), calm.results(), strict=True):
+        if quiet.verdict == path.expected(quiet.port, family):  # few retries may miss a reject
+            assert (lossy.verdict, lossy.responder_hop) == (quiet.verdict, quiet.responder_hop), lossy
+    if retries == 2:  # the default: every verdict is right
+        _check(family, path, batch.results())
+
+
+def test_a_receive_queue_overflow_during_the_burst_reasks_what_it_may_have_hidden():
+    """300 refused and 300 dropped ports; every reply arriving in the first 20 ms is lost (a
+    driver starved of CPU while its queue overflowed). No refused port may read as filtered."""
+    path = Path(_routers(2, [6, 6], [1, 1]), ports=dict.fromkeys(range(1000, 1300), CLOSED))
+    path.routers[1].ports.update(dict.fromkeys(range(2000, 2300), DROP))
+    ports = [*range(1000, 1300), *range(2000, 2300)]
+    net = SimNet(path, lose=lambda index, when, dg: when < 0.02)
+    batch = _batch(4, path, ports, retries=0, rate=10000)
+    elapsed = run(batch, net)
+    results = batch.results()
+    assert net.dropped > 50 and batch.drops == net.dropped
+    assert [r.verdict for r in results] == [Verdict.REFUSED] * 300 + [Verdict.FILTERED] * 300
+    assert any(r.attempts > 1 for r in results[:300])  # some were asked again...
+    assert all("asked again" in r.reason for r in results[300:] if r.attempts > 1)  # ...and say so
+    assert elapsed < 3.5 + 2 * 1.0 + 1  # one more listening round, not a rerun of everything
+
+
+def test_silence_declared_before_the_drops_is_not_asked_again():
+    path = Path(_routers(1, [6], [1]))
+    path.routers[0].ports[25] = DROP
+    batch = _batch(4, path, [25], retries=0)
+    end = run(batch, SimNet(path))
+    assert batch.done
+    batch.dropped(3, end + 10.0, since=end + 9.0)  # lost long after the probe stopped listening
+    assert batch.done and batch.results()[0].attempts == 1
+    batch.dropped(1, end + 11.0)  # lost at some unknown time: it may have been its answer
+    assert not batch.done
+    net = SimNet(path)
+    sends = batch.poll(end + 11.0)
+    assert len(sends) == 1 and sends[0].dst == path.dest4
+    for s in sends:
+        net.transmit(s, end + 11.0)
+    run_from(batch, net, end + 11.0)
+    (r,) = batch.results()
+    assert r.verdict is Verdict.FILTERED and r.attempts == 2 and "asked again" in r.reason
+
+
+def run_from(machine, net: SimNet, now: float) -> float:
+    while not machine.done:
+        wake = machine.next_wakeup(now)
+        nxt = net.next_delivery()
+        now = max(now, min(wake, nxt) if nxt is not None else wake)
+        for dg in net.deliver_until(now):
+            machine.feed(dg, now)
+        for send in machine.poll(now):
+            net.transmit(send, now)
+    return now
+
+
+def test_a_reply_after_the_probe_was_declared_silent_still_counts():
+    """A RST read after the probe's timer ended (the driver was starved): it is the answer."""
+    path = Path([], ports={25: CLOSED}, delay=2.5)  # the RST comes 5 s after the SYN
+    batch = _batch(4, path, [25], retries=0)
+    net = SimNet(path)
+    for s in batch.poll(0.0):
+        net.transmit(s, 0.0)
+    batch.poll(4.0)  # its one try listened min_wait (3.5 s): silent
+    assert batch.results()[0].verdict is Verdict.FILTERED
+    for dg in net.deliver_until(5.0):
+        batch.feed(dg, 5.0)
+    assert batch.results()[0].verdict is Verdict.REFUSED
+
+
+def test_drops_that_never_stop_end_the_batch_and_say_so():
+    path = Path([], ports={25: CLOSED, 26: OPEN})
+    net = SimNet(path, lose=lambda index, when, dg: True)  # every reply lost
+    batch = _batch(4, path, [25, 26], retries=1, timeout=0.2)
+    elapsed = run(batch, net)
+    for r in batch.results():
+        assert r.verdict is Verdict.FILTERED and "not confirmed" in r.reason
+    assert elapsed < 30
+
+
+def test_drops_slow_the_sending_down():
+    path = Path([], ports=dict.fromkeys(range(1000, 3000), CLOSED))
+    calm = _batch(4, path, list(range(1000, 3000)), retries=0, rate=20000, burst=64)
+    t_calm = run(calm, SimNet(path))
+    lossy = _batch(4, path, list(range(1000, 3000)), retries=0, rate=20000, burst=64)
+    t_lossy = run(lossy, SimNet(path, lose=lambda index, when, dg: index in (5, 6, 7)))
+    assert all(r.verdict is Verdict.REFUSED for r in lossy.results())
+    assert lossy._rate < calm._rate and t_lossy > t_calm
