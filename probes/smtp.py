@@ -26,6 +26,7 @@ import datetime as dt
 import errno
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 
 from mailpath.probes.problem import Problem
@@ -73,6 +74,83 @@ _TLS_NAMES = {
     "TLSv1_2": "TLS 1.2",
     "TLSv1_3": "TLS 1.3",
 }
+
+
+class _Lag:
+    """How long an event loop could not run callbacks: the summed lateness of a heartbeat
+    (every ``tick`` while some stage waits), plus how late the pending beat is now. A loop
+    starved by other sessions' work or by a busy CPU runs late; an idle one does not."""
+
+    tick = 0.02
+    slack = 0.002  # a timer fires up to a millisecond late on an idle loop (epoll's resolution)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.total, self.users = loop, 0.0, 0
+        self.due = 0.0
+        self.handle: asyncio.TimerHandle | None = None
+
+    def lag(self) -> float:
+        pending = max(0.0, self.loop.time() - self.due - self.slack) if self.handle else 0.0
+        return self.total + pending
+
+    def __enter__(self) -> _Lag:
+        self.users += 1
+        if self.handle is None:
+            self.due = self.loop.time() + self.tick
+            self.handle = self.loop.call_at(self.due, self._beat)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.users -= 1
+        if self.users == 0 and self.handle is not None:
+            self.total = self.lag()
+            self.handle.cancel()
+            self.handle = None
+
+    def _beat(self) -> None:
+        now = self.loop.time()
+        self.total += max(0.0, now - self.due - self.slack)
+        self.due = now + self.tick
+        self.handle = self.loop.call_at(self.due, self._beat)
+
+
+_LAGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lag] = weakref.WeakKeyDictionary()
+
+
+async def _within(aw, timeout: float):
+    """``asyncio.wait_for``, with ``timeout`` counted in time the event loop was free to read
+    the answer: the server always has ``timeout`` seconds to answer.
+
+    On a starved loop (many sessions at once, a busy CPU) an answer can sit unread when the
+    deadline passes, and wait_for would cancel it: here the time the loop could not run
+    (:class:`_Lag`) does not count, and the deadline moves by that much: a busy host costs
+    time (a loop free half the time waits twice as long), never a false timeout.
+    """
+    loop = asyncio.get_running_loop()
+    lags = _LAGS.get(loop) or _LAGS.setdefault(loop, _Lag(loop))
+    task = asyncio.ensure_future(aw)
+    with lags:
+        start, lag0 = loop.time(), lags.lag()
+        try:
+            while True:
+                free = loop.time() - start - (lags.lag() - lag0)
+                if free >= timeout:
+                    for _ in range(3):  # a last look at what the loop has ready
+                        await asyncio.sleep(0)
+                    if task.done():
+                        break
+                    task.cancel()
+                    await asyncio.wait((task,))
+                    break
+                done, _ = await asyncio.wait((task,), timeout=timeout - free)
+                if done:
+                    break
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+    if task.cancelled():
+        raise TimeoutError
+    return task.result()  # done, or it finished as it was being cancelled
 
 
 def _ssl_reason(e: BaseException) -> str:
@@ -201,7 +279,7 @@ class _Conn:
     async def pending_error(self) -> ssl.SSLError:
         """The TLS alert that ended the session, when one is waiting to be read."""
         try:
-            await asyncio.wait_for(self.reader.read(1), 1.0)
+            await _within(self.reader.read(1), 1.0)
         except ssl.SSLError as e:
             return e
         except (OSError, TimeoutError):
@@ -281,7 +359,7 @@ class _Session:
         """Run one stage under its timeout; a timeout ends the session."""
         start = time.monotonic()
         try:
-            value = await asyncio.wait_for(coro, self.opts.timeout)
+            value = await _within(coro, self.opts.timeout)
         except TimeoutError:
             ms = round((time.monotonic() - start) * 1000, 1)
             self.result.stages.append(Stage(name, False, ms, f"no answer within {self.opts.timeout:g} s"))
@@ -298,7 +376,7 @@ class _Session:
     async def connect(self) -> _Conn:
         start = time.monotonic()
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await _within(
                 asyncio.open_connection(self.address, self.port), self.opts.timeout
             )
         except TimeoutError:
@@ -339,7 +417,7 @@ class _Session:
     async def handshake(self, conn: _Conn, ctx: ssl.SSLContext, stage: str) -> None:
         start = time.monotonic()
         try:
-            await asyncio.wait_for(conn.start_tls(ctx, self.server_name), self.opts.timeout)
+            await _within(conn.start_tls(ctx, self.server_name), self.opts.timeout)
         except ssl.SSLCertVerificationError as e:
             self.fail_stage(stage, start, f"certificate not accepted: {e.verify_message}")
             raise _CertFailure(e) from None
@@ -409,7 +487,7 @@ class _Session:
         (and the check goes on in plaintext); otherwise the handshake failed."""
         conn = await self.connect()
         try:
-            reply = await asyncio.wait_for(conn.reply(), min(self.opts.timeout, 5.0))
+            reply = await _within(conn.reply(), min(self.opts.timeout, 5.0))
         except (TimeoutError, ProtocolError, ConnectionError, _TlsBroken):
             conn.close()
             await self.tls_failed(error, f"TLS handshake on port {self.port} failed")
@@ -465,7 +543,7 @@ class _Session:
     async def _speaks_tls(self) -> bool:
         """Does the port complete a TLS handshake (any certificate)? Used when no greeting came."""
         try:
-            _, writer = await asyncio.wait_for(
+            _, writer = await _within(
                 asyncio.open_connection(self.address, self.port, ssl=_contexts(self.opts)["none"]),
                 min(self.opts.timeout, 5.0),
             )
@@ -554,15 +632,15 @@ class _Session:
         with contextlib.suppress(ssl.SSLError):
             ctx.set_ciphers("ALL:@SECLEVEL=0")
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await _within(
                 asyncio.open_connection(self.address, self.port), self.opts.timeout
             )
             conn = _Conn(reader, writer)
             if self.mode != "implicit":
-                await asyncio.wait_for(conn.reply(), self.opts.timeout)
-                await asyncio.wait_for(conn.command("EHLO mailpath.invalid"), self.opts.timeout)
-                await asyncio.wait_for(conn.command("STARTTLS"), self.opts.timeout)
-            await asyncio.wait_for(conn.start_tls(ctx, None), self.opts.timeout)
+                await _within(conn.reply(), self.opts.timeout)
+                await _within(conn.command("EHLO mailpath.invalid"), self.opts.timeout)
+                await _within(conn.command("STARTTLS"), self.opts.timeout)
+            await _within(conn.start_tls(ctx, None), self.opts.timeout)
             version = conn.ssl_object.version()
             conn.close()
         except (OSError, TimeoutError, ProtocolError, _TlsBroken):
