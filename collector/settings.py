@@ -12,9 +12,9 @@ variable                           meaning (default)
 ``MAILPATH_COLLECTOR_BODY_LIMIT``  bytes of a ``POST /v1/findings`` body, before and after gzip
                                    (10 MiB)
 ``MAILPATH_COLLECTOR_RETENTION_AGE``  findings older than this (by ``created_at``) are deleted,
-                                   each target's latest kept; seconds or ISO 8601 (``P30D``);
-                                   0 keeps everything (30 days)
-``MAILPATH_COLLECTOR_RETENTION_INTERVAL``  how often retention runs (1 hour)
+                                   each target's latest kept; seconds, ``30d``, ``12h``, ``90m``
+                                   or ISO 8601 (``P30D``); 0 keeps everything (30 days)
+``MAILPATH_COLLECTOR_RETENTION_INTERVAL``  how often retention runs, the same way (1 hour)
 ``MAILPATH_COLLECTOR_ACCESS_LOG``  log one line per request (method, path, status; never a
                                    header) (true)
 =================================  ==========================================================
@@ -66,11 +66,23 @@ class CollectorSettings(BaseSettings):
     def _database_url(cls, value: str | None) -> str | None:
         return None if value is None or value == "" else normalize_database_url(value)
 
+    @field_validator("retention_age", "retention_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
     @field_validator("retention_interval")
     @classmethod
     def _interval(cls, value: dt.timedelta) -> dt.timedelta:
         if value.total_seconds() <= 0:
             raise ValueError("must be more than 0 seconds")
+        return value
+
+    @field_validator("retention_age")
+    @classmethod
+    def _age(cls, value: dt.timedelta) -> dt.timedelta:
+        if value.total_seconds() < 0:
+            raise ValueError("must be 0 (keep everything) or more")
         return value
 
     @property
@@ -95,6 +107,20 @@ def load_settings(**given: object) -> CollectorSettings:
         field = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid {LABELS.get(field, field or 'setting')}: {message}") from None
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str) -> object:
+    """Seconds (``86400``, ``0.5``) or a number with a unit (``30d``, ``12h``, ``90m``, ``45s``)
+    as a timedelta; anything else is left to pydantic (ISO 8601 ``P30D``, ``HH:MM:SS``)."""
+    text = value.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in UNITS else (text, "s")
+    try:
+        return dt.timedelta(seconds=float(number) * UNITS[unit])
+    except (ValueError, OverflowError):
+        return value
 
 
 def parse_listen(value: str) -> tuple[str, int]:

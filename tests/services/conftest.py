@@ -39,6 +39,7 @@ class Collector:
         self.env = clean_env(**{f"MAILPATH_COLLECTOR_{k.upper()}": v for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.tokens: list[str] = []  # every token made for this collector by token()
 
     def start(self, timeout: float = 30) -> Collector:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -94,6 +95,7 @@ class Collector:
         from mailpath.collector import admin
 
         token, _ = admin.create_token(admin.settings_for(self.database), agent, role)
+        self.tokens.append(token)
         return token
 
 
