@@ -30,9 +30,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPBearer
 from mailpath.agent.finding import Cause, Finding, Severity
 from mailpath.collector import auth, ingest, queries
-from mailpath.collector.db import read_session, write_session
+from mailpath.collector.db import as_utc, read_session, write_session
 from mailpath.collector.settings import MAX_PAGE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # -- models ------------------------------------------------------------------------------
 
@@ -231,10 +231,24 @@ def _store(engine, agent: str, findings: list[Finding]) -> int:
         return ingest.store(session, agent, findings)
 
 
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not hold a NUL character")
+    return value
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    try:
+        return None if value is None else as_utc(value)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+Text = AfterValidator(_no_nul)
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Items per page (at most {MAX_PAGE}).")]
 Cursor = Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page.")]
-AgentQ = Annotated[str | None, Query(max_length=128, description="Only this agent.")]
-TargetQ = Annotated[str | None, Query(max_length=255, description="Only this target (host).")]
+AgentQ = Annotated[str | None, Query(max_length=128, description="Only this agent."), Text]
+TargetQ = Annotated[str | None, Query(max_length=255, description="Only this target (host)."), Text]
 PortQ = Annotated[int | None, Query(ge=1, le=65535, description="Only this port.")]
 CauseQ = Annotated[Cause | None, Query(description="Only this cause.")]
 SeverityQ = Annotated[Severity | None, Query(description="Only this severity.")]
@@ -255,8 +269,12 @@ def get_findings(
     port: PortQ = None,
     cause: CauseQ = None,
     severity: SeverityQ = None,
-    since: Annotated[dt.datetime | None, Query(description="created_at at or after (ISO 8601).")] = None,
-    until: Annotated[dt.datetime | None, Query(description="created_at before (ISO 8601).")] = None,
+    since: Annotated[
+        dt.datetime | None, Query(description="created_at at or after (ISO 8601)."), AfterValidator(_utc)
+    ] = None,
+    until: Annotated[
+        dt.datetime | None, Query(description="created_at before (ISO 8601)."), AfterValidator(_utc)
+    ] = None,
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> Any:

@@ -25,7 +25,7 @@ from mailpath.agent.finding import SCHEMA_ID as FINDING_SCHEMA
 from mailpath.agent.finding import Finding
 from mailpath.collector.db import AgentRow, FindingRow, LatestRow, as_utc, utcnow
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -278,11 +278,7 @@ def store(session: Session, agent: str, findings: list[Finding], now: dt.datetim
     statement = _insert(session, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
     inserted = set(session.execute(statement, rows).scalars())
     fresh = [f for f in unique.values() if f.id in inserted]
-    by_key: dict[tuple[str, int], list[Finding]] = defaultdict(list)
-    for f in fresh:
-        by_key[(f.target, f.port)].append(f)
-    for (target, port), group in sorted(by_key.items()):
-        _advance(session, agent, target, port, sorted(group, key=lambda f: (f.created_at, str(f.id))))
+    _advance(session, agent, fresh)
     return len(fresh)
 
 
@@ -299,33 +295,51 @@ def _touch_agent(session: Session, agent: str, newest: Finding | None, now: dt.d
     session.flush()
 
 
-def _advance(session: Session, agent: str, target: str, port: int, group: list[Finding]) -> None:
-    """Move the latest state of (agent, target, port) through the new findings, oldest first.
-    A finding older than the state's newest (a late redelivery) leaves it alone."""
+KEYS_PER_QUERY = 500  # bound parameters per statement stay far below SQLite's limit
+
+
+def _advance(session: Session, agent: str, fresh: list[Finding]) -> None:
+    """Move the latest state of each (agent, target, port) through the new findings, oldest
+    first; a finding older than a state's newest (a late redelivery) leaves it alone. Set-wise:
+    the missing states are inserted, every state concerned is read (and locked, on PostgreSQL),
+    the changed ones are updated, each in one statement per KEYS_PER_QUERY keys."""
+    by_key: dict[tuple[str, int], list[Finding]] = defaultdict(list)
+    for f in sorted(fresh, key=lambda f: (f.created_at, str(f.id))):
+        by_key[(f.target, f.port)].append(f)
+    keys = sorted(by_key)
     table = LatestRow.__table__
-    first = group[0]
-    session.execute(
-        _insert(session, table)
-        .values(agent=agent, target=target, port=port, **_state(first, since=first.created_at))
-        .on_conflict_do_nothing()
-    )
-    key = (LatestRow.agent == agent, LatestRow.target == target, LatestRow.port == port)
-    current = session.execute(
-        select(LatestRow.finding_id, LatestRow.created_at, LatestRow.signature, LatestRow.since)
-        .where(*key)
-        .with_for_update()
-    ).one()
-    finding_id, created_at, sig, since = current
-    changed = None
-    for f in group:
-        if f.id == finding_id or f.created_at < created_at:
-            continue
-        new_sig = signature(f)
-        if new_sig != sig:
-            since = f.created_at
-        sig, created_at, finding_id, changed = new_sig, f.created_at, f.id, f
-    if changed is not None:
-        session.execute(update(LatestRow).where(*key).values(**_state(changed, since=since)))
+    c = table.c
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        chunk = keys[start : start + KEYS_PER_QUERY]
+        firsts = [by_key[k][0] for k in chunk]
+        session.execute(
+            _insert(session, table).on_conflict_do_nothing(),
+            [{"agent": agent, "target": f.target, "port": f.port, **_state(f, f.created_at)} for f in firsts],
+        )
+        rows = session.execute(
+            select(c.target, c.port, c.finding_id, c.created_at, c.signature, c.since)
+            .where(c.agent == agent, tuple_(c.target, c.port).in_(chunk))
+            .with_for_update()
+        )
+        changes = []
+        for target, port, finding_id, created_at, sig, since in rows:
+            latest = None
+            for f in by_key[(target, port)]:
+                if f.id == finding_id or f.created_at < created_at:
+                    continue
+                new_sig = signature(f)
+                if new_sig != sig:
+                    since = f.created_at
+                sig, created_at, finding_id, latest = new_sig, f.created_at, f.id, f
+            if latest is not None:
+                changes.append({"k_target": target, "k_port": port, **_state(latest, since)})
+        if changes:
+            session.execute(
+                update(table)
+                .where(c.agent == agent, c.target == bindparam("k_target"), c.port == bindparam("k_port"))
+                .values({name: bindparam(name) for name in changes[0] if not name.startswith("k_")}),
+                changes,
+            )
 
 
 def _state(f: Finding, since: dt.datetime) -> dict:

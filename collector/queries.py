@@ -38,6 +38,12 @@ def decode_cursor(kind: str, cursor: str, arity: int) -> list:
         raise BadCursor("invalid cursor") from None
     if not isinstance(value, list) or len(value) != arity + 1 or value[0] != kind:
         raise BadCursor("invalid cursor (not one of this list's)")
+    for part in value[1:]:
+        ok = (isinstance(part, str) and "\x00" not in part) or (
+            isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= 65535
+        )
+        if not ok:
+            raise BadCursor("invalid cursor")
     return value[1:]
 
 
@@ -84,7 +90,7 @@ def list_findings(session: Session, where: FindingFilter, limit: int, cursor: st
         received, ident = decode_cursor("f", cursor, 2)
         try:
             key = (as_utc(dt.datetime.fromisoformat(received)), uuid.UUID(ident))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise BadCursor("invalid cursor") from None
         query = query.where(tuple_(FindingRow.received_at, FindingRow.id) < tuple_(*key))
     query = query.order_by(FindingRow.received_at.desc(), FindingRow.id.desc()).limit(limit + 1)

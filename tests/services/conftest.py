@@ -101,8 +101,11 @@ class Collector:
 
 @pytest.fixture(scope="session")
 def collector(tmp_path_factory):
-    """The collector most tests share (a 256 KiB body limit, retention of 30 days)."""
+    """The collector most tests share (a 256 KiB body limit, retention of 30 days), on a new
+    SQLite file, or on the database MAILPATH_TEST_DATABASE_URL names (e.g. a PostgreSQL on
+    127.0.0.1: the tests name their agents and targets uniquely, so a used database is fine)."""
     server = Collector(tmp_path_factory.mktemp("collector"), body_limit="262144")
+    server.database = os.environ.get("MAILPATH_TEST_DATABASE_URL") or server.database
     try:
         yield server.start()
     finally:

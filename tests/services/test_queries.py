@@ -4,6 +4,7 @@ gap while findings keep arriving), the latest state per target with ``since``, a
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from tests.services.conftest import batch, finding, pages
 
@@ -156,3 +157,38 @@ def test_agents_show_last_seen_version_and_cloud_of_the_newest_finding(collector
     assert abs((seen - dt.datetime.now(dt.UTC)).total_seconds()) < 60
     assert agents[quiet]["last_seen"] is None and agents[quiet]["version"] is None
     assert name + "-viewer" not in agents  # viewers are not agents
+
+
+def _cursor(*parts) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
+
+
+def test_nasty_query_parameters_are_4xx_never_5xx(collector, name):
+    nasty = [
+        ("/v1/findings", {"target": "a\x00b"}),
+        ("/v1/findings", {"agent": "\x00"}),
+        ("/v1/findings", {"since": "0001-01-01T00:00:00+01:00"}),
+        ("/v1/findings", {"until": "9999-12-31T23:59:59-01:00"}),
+        ("/v1/findings", {"port": str(10**30)}),
+        ("/v1/findings", {"limit": "-1"}),
+        ("/v1/findings", {"cursor": _cursor("f", "0001-01-01T00:00:00+01:00", str(uuid.uuid4()))}),
+        ("/v1/findings", {"cursor": _cursor("f", "2026-01-01T00:00:00", "not-a-uuid")}),
+        ("/v1/findings", {"cursor": _cursor("f", 1, 2)}),
+        ("/v1/findings", {"cursor": "x" * 2000}),
+        ("/v1/targets", {"cursor": _cursor("t", "a", "b", 10**30)}),
+        ("/v1/targets", {"cursor": _cursor("t", "a\x00", "b", 25)}),
+        ("/v1/targets", {"cursor": _cursor("t", "a", "b", True)}),
+        ("/v1/agents", {"cursor": _cursor("a", "\x00")}),
+        ("/v1/agents", {"cursor": _cursor("a", None)}),
+        ("/v1/findings/00000000-0000-0000-0000-00000000000g", {}),
+    ]
+    with collector.client(collector.token(name)) as c:
+        for path, params in nasty:
+            r = c.get(path, params=params)
+            assert 400 <= r.status_code < 500, (path, params, r.status_code, r.text)
+            assert "detail" in r.json()
+        assert c.put("/v1/findings").status_code == 405
+        assert c.delete("/v1/agents").status_code == 405
