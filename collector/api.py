@@ -126,8 +126,10 @@ cookie_scheme = APIKeyCookie(
 )
 
 
-def _principal(request: Request) -> auth.Principal:
-    token = auth.bearer_token(request.headers.get("authorization"), request.cookies.get(auth.COOKIE))
+def _principal(request: Request, cookie: bool = True) -> auth.Principal:
+    token = auth.bearer_token(
+        request.headers.get("authorization"), request.cookies.get(auth.COOKIE) if cookie else None
+    )
     challenge = {"WWW-Authenticate": "Bearer"}
     if token is None:
         raise HTTPException(401, "missing token: send Authorization: Bearer <token>", headers=challenge)
@@ -147,15 +149,12 @@ def reader(
     return _principal(request)
 
 
-def sender(
-    request: Request,
-    _bearer: Annotated[Any, Security(bearer_scheme)] = None,
-    _cookie: Annotated[Any, Security(cookie_scheme)] = None,
-) -> auth.Principal:
-    """An agent token (viewers only read)."""
+def sender(request: Request, _bearer: Annotated[Any, Security(bearer_scheme)] = None) -> auth.Principal:
+    """An agent token, in the Authorization header only: the cookie is the dashboard's, for
+    reading, so a page another site makes a browser load can never send findings with it."""
     metrics = request.app.state.collector.metrics
     try:
-        principal = _principal(request)
+        principal = _principal(request, cookie=False)
     except HTTPException:
         metrics.rejected.labels("unauthorized").inc()
         raise

@@ -5,9 +5,10 @@ keeps only its SHA-256 (a slow hash buys nothing for a secret with 256 bits of e
 its first 12 characters, the non-secret prefix that ``token list`` shows and ``token revoke``
 takes. Every request looks its token up again, so a revocation holds from the next request.
 
-Requests carry the token in ``Authorization: Bearer …`` or in the ``mailpath_token`` cookie
-(HttpOnly, set by the dashboard). Roles: ``agent`` may send findings and read; ``viewer`` may
-only read. Findings are stored under the token's agent name, whatever the payload says.
+Requests carry the token in ``Authorization: Bearer …`` or, to read, in the ``mailpath_token``
+cookie (HttpOnly, set by the dashboard; never taken to send findings, so no other site can make
+a browser send any). Roles: ``agent`` may send findings and read; ``viewer`` may only read.
+Findings are stored under the token's agent name, whatever the payload says.
 """
 
 from __future__ import annotations

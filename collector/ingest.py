@@ -250,16 +250,25 @@ def _insert(session: Session, table):
 
 def store(session: Session, agent: str, findings: list[Finding], now: dt.datetime | None = None) -> int:
     """Store a validated batch under ``agent`` (the token's name); returns how many were new.
-    Findings already stored (same id) are left alone; only new ones move the latest states."""
+    Findings already stored (same id) are left alone; only new ones move the latest states.
+    ``received_at`` is read once the agent's row is locked (on SQLite, once the write lock is
+    held), so a batch that waited its turn is not stamped earlier than the one before it."""
+    row = _lock_agent(session, agent)  # batches of one agent queue here
     now = now or utcnow()
-    if not findings:
-        _touch_agent(session, agent, None, now)
-        return 0
     unique: dict[uuid.UUID, Finding] = {}
     for f in findings:
         unique.setdefault(f.id, f)
-    newest = max(unique.values(), key=lambda f: f.created_at)
-    _touch_agent(session, agent, newest, now)  # locks the agent's row: its batches queue here
+    row.last_seen = now
+    if unique:
+        newest = max(unique.values(), key=lambda f: f.created_at)
+        if row.finding_at is None or newest.created_at >= row.finding_at:
+            row.finding_at = newest.created_at
+            row.version = newest.agent.version
+            row.hostname = newest.agent.hostname
+            row.cloud = newest.agent.cloud
+    session.flush()
+    if not unique:
+        return 0
     rows = [
         {
             "id": f.id,
@@ -282,17 +291,12 @@ def store(session: Session, agent: str, findings: list[Finding], now: dt.datetim
     return len(fresh)
 
 
-def _touch_agent(session: Session, agent: str, newest: Finding | None, now: dt.datetime) -> None:
-    table = AgentRow.__table__
-    session.execute(_insert(session, table).values(name=agent, created_at=now).on_conflict_do_nothing())
-    row = session.scalars(select(AgentRow).where(AgentRow.name == agent).with_for_update()).one()
-    row.last_seen = now
-    if newest is not None and (row.finding_at is None or newest.created_at >= row.finding_at):
-        row.finding_at = newest.created_at
-        row.version = newest.agent.version
-        row.hostname = newest.agent.hostname
-        row.cloud = newest.agent.cloud
-    session.flush()
+def _lock_agent(session: Session, agent: str) -> AgentRow:
+    """The agent's row, made if missing, locked for this transaction (FOR UPDATE on PostgreSQL)."""
+    session.execute(
+        _insert(session, AgentRow.__table__).values(name=agent, created_at=utcnow()).on_conflict_do_nothing()
+    )
+    return session.scalars(select(AgentRow).where(AgentRow.name == agent).with_for_update()).one()
 
 
 KEYS_PER_QUERY = 500  # bound parameters per statement stay far below SQLite's limit

@@ -134,6 +134,10 @@ def test_a_token_is_needed_and_must_be_valid_and_an_agents(collector, name):
         assert c.get("/v1/findings", headers={"Authorization": f"Bearer {viewer}"}).status_code == 200
         c.cookies.set("mailpath_token", viewer)
         assert c.get("/v1/findings").status_code == 200
+        # the cookie reads, it never sends (an agent's included)
+        c.cookies.set("mailpath_token", collector.token(name))
+        assert c.get("/v1/findings").status_code == 200
+        assert _post(c, doc).status_code == 401
 
 
 def test_a_revoked_token_is_refused_from_the_next_request(collector, name):
