@@ -24,7 +24,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from mailpath.probes import wire
+from mailpath.probes import caps, wire
 from mailpath.probes.errors import NO_RAW, PermissionDenied
 from mailpath.probes.machine import Machine
 
@@ -74,6 +74,7 @@ class RawNet:
         self._socks: list[socket.socket] = []
         self._drops: dict[int, int] = {}  # fd -> the kernel's drop count, as last seen
         self._inodes: dict[int, int] = {}  # socket inode -> fd (to read /proc/net/raw*)
+        caps.raise_net_raw()  # permitted only (a file capability, as in the image): make it effective
         try:
             if 4 in families:
                 self._send4 = self._add(_raw(socket.AF_INET, socket.IPPROTO_RAW, rcvbuf), None)
