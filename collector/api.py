@@ -368,6 +368,7 @@ def metrics(request: Request) -> Response:
     )
 
 
-def latest_counts(engine) -> dict[str, int]:
+def fleet_gauges(engine) -> tuple[dict[str, int], dict[str, dt.datetime | None]]:
+    """What /metrics reads at scrape: targets per cause now, and each agent's last batch."""
     with read_session(engine) as session:
-        return queries.latest_by_cause(session)
+        return queries.latest_by_cause(session), queries.agents_last_seen(session)

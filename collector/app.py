@@ -47,7 +47,7 @@ def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: b
     """The collector app for ``settings``. Nothing touches the database until it starts."""
     settings = settings or CollectorSettings()
     engine = make_engine(settings.database)
-    metrics = Metrics(lambda: api.latest_counts(engine))
+    metrics = Metrics(lambda: api.fleet_gauges(engine))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

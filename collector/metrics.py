@@ -8,11 +8,14 @@
   by reason (too-large, bad-encoding, unsupported-media-type, malformed-json, not-a-batch,
   unknown-schema, schema-violation, unauthorized, forbidden);
 - ``mailpath_collector_latest_states{cause}``: targets (agent × target × port) whose latest
-  finding has this cause, counted in the database at each scrape.
+  finding has this cause, counted in the database at each scrape;
+- ``mailpath_collector_agent_last_seen_timestamp_seconds{agent}``: when each agent's last batch
+  was received (read at each scrape; the fleet's size bounds the labels).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import get_args
@@ -25,32 +28,42 @@ CAUSES = get_args(Cause)
 PREFIX = "mailpath_collector"
 
 
-class LatestStates:
-    """A custom collector: reads the per-cause counts when scraped."""
+class FleetGauges:
+    """A custom collector, read from the database when scraped: targets per cause now, and
+    when each agent last reported (for an alert on agents that stopped)."""
 
-    def __init__(self, count: Callable[[], dict[str, int]]) -> None:
-        self.count = count
+    def __init__(self, read: Callable[[], tuple[dict[str, int], dict[str, dt.datetime | None]]]) -> None:
+        self.read = read
 
     def describe(self):
         return []  # no pre-registration query
 
     def collect(self):
-        family = GaugeMetricFamily(
+        try:
+            counts, last_seen = self.read()
+        except Exception:  # the database is down: /readyz says so; the scrape still answers
+            return
+        states = GaugeMetricFamily(
             f"{PREFIX}_latest_states",
             "Targets (agent x target x port) whose latest finding has this cause.",
             labels=["cause"],
         )
-        try:
-            counts = self.count()
-        except Exception:  # the database is down: /readyz says so; the scrape still answers
-            return
         for cause in sorted({*CAUSES, *counts}):
-            family.add_metric([cause], counts.get(cause, 0))
-        yield family
+            states.add_metric([cause], counts.get(cause, 0))
+        yield states
+        seen = GaugeMetricFamily(
+            f"{PREFIX}_agent_last_seen_timestamp_seconds",
+            "When the agent's last batch was received (Unix time); absent before its first.",
+            labels=["agent"],
+        )
+        for agent, at in sorted(last_seen.items()):
+            if at is not None:
+                seen.add_metric([agent], at.timestamp())
+        yield seen
 
 
 class Metrics:
-    def __init__(self, latest: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, fleet: Callable[[], tuple[dict[str, int], dict[str, dt.datetime | None]]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -74,7 +87,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(LatestStates(latest))
+        self.registry.register(FleetGauges(fleet))
 
 
 class MetricsMiddleware:

@@ -193,6 +193,12 @@ def latest_by_cause(session: Session) -> dict[str, int]:
     return {cause: count for cause, count in rows}
 
 
+def agents_last_seen(session: Session) -> dict[str, dt.datetime | None]:
+    """Each agent's last batch (None before its first): for the stopped-reporting alert."""
+    rows = session.execute(select(AgentRow.name, AgentRow.last_seen))
+    return {name: at for name, at in rows}
+
+
 def purge(session: Session, age: dt.timedelta, now: dt.datetime | None = None, batch: int = 5000) -> int:
     """Delete findings created more than ``age`` ago, except each target's latest (which the
     latest state points at); returns how many. In batches, so no transaction grows large."""

@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.services.conftest import Collector, batch, finding, pages
@@ -108,6 +109,11 @@ def test_metrics(collector, name):
     latest = {dict(k)["cause"]: v for k, v in after["mailpath_collector_latest_states"].items()}
     assert set(latest) >= {"dns", "firewall", "none", "tls", "cloud-policy"}
     assert {k: v for k, v in latest.items() if v} == by_cause
+    seen = after["mailpath_collector_agent_last_seen_timestamp_seconds"]
+    agent = next(a for a in pages(collector.client(token), "/v1/agents") if a["name"] == name)
+    assert seen[(("agent", name),)] == pytest.approx(
+        dt.datetime.fromisoformat(agent["last_seen"]).timestamp()
+    )
 
 
 def test_retention_deletes_old_findings_but_keeps_each_targets_latest(tmp_path, name):
