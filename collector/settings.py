@@ -18,12 +18,17 @@ variable                           meaning (default)
 ``MAILPATH_COLLECTOR_ACCESS_LOG``  log one line per request (method, path, status; never a
                                    header) (true)
 =================================  ==========================================================
+
+Under systemd, a setting may also come as a credential (``LoadCredential=``): a file named
+after the variable, lower case (``mailpath_collector_database_url``), in
+``$CREDENTIALS_DIRECTORY``, so a PostgreSQL password stays out of the unit and the environment.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from pathlib import Path
 
 from mailpath.collector.errors import ConfigError
@@ -100,8 +105,12 @@ class CollectorSettings(BaseSettings):
 def load_settings(**given: object) -> CollectorSettings:
     """Settings from the environment, overridden by the non-None arguments; a bad value is a
     :class:`ConfigError` with one line naming it."""
+    values = {k: v for k, v in given.items() if v is not None}
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")  # systemd's LoadCredential=
+    if credentials and Path(credentials).is_dir():
+        values["_secrets_dir"] = credentials
     try:
-        return CollectorSettings(**{k: v for k, v in given.items() if v is not None})
+        return CollectorSettings(**values)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         field = ".".join(str(p) for p in first["loc"])
