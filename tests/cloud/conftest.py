@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.cloud.imds import IMDS, serve
+from lab.imds import IMDS, serve
 
 REGION = "eu-west-1"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from mailpath.cloud.aws import ACTIONS, Identity, Reader, read_context
 from mailpath.cloud.evaluate import evaluate
 
-from tests.cloud.world import World
+from lab.world import World
 from tests.conftest import MAILPATH
 
 PUBLIC = "198.51.100.7"

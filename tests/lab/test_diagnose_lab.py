@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -265,67 +262,19 @@ def test_human_report(world):
 @pytest.fixture(scope="module")
 def cloud_lab():
     """A lab whose client runs moto (the EC2 API) and an IMDSv2 on its own loopback."""
-    from lab import Lab
+    from lab import Lab, cloud
 
     with Lab() as lab:
         lab.listen([25, 587])
         lab.block("r1", 25, "drop")  # what AWS's edge does to port 25, from the inside
-        port = 5000
-        lab.popen(
-            "client",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while lab.exec(
-            "client",
-            [
-                sys.executable,
-                "-c",
-                f"import urllib.request; urllib.request.urlopen('{endpoint}/moto-api/', timeout=1)",
-            ],
-            check=False,
-        ).returncode:
-            assert time.monotonic() < deadline, "moto did not start in the client namespace"
-            time.sleep(0.3)
-        yield lab, endpoint
-
-
-def _aws_world(lab, endpoint: str, scenario: str, tmp_path: Path) -> tuple[dict, dict]:
-    lab.exec(
-        "client",
-        [
-            sys.executable,
-            "-c",
-            f"import urllib.request; urllib.request.urlopen(urllib.request."
-            f"Request('{endpoint}/moto-api/reset', method='POST'))",
-        ],
-    )
-    ids = json.loads(
-        lab.exec("client", [sys.executable, "-m", "tests.cloud.world", endpoint, scenario]).stdout
-    )
-    paths = tmp_path / "imds.json"
-    paths.write_text(json.dumps(ids["imds"]))
-    proc = lab.popen(
-        "client", [sys.executable, "-m", "tests.cloud.imds", str(paths)], stdout=subprocess.PIPE, text=True
-    )
-    _ready, imds_port = proc.stdout.readline().split()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_ENDPOINT_URL_EC2": endpoint,
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{imds_port}/",
-    }
-    return ids, env
+        yield lab, cloud.start(lab)
 
 
 @pytest.mark.parametrize(("scenario", "cause"), [("no-25", "cloud-config"), ("open", "cloud-policy")])
-def test_cloud_causes(cloud_lab, tmp_path, scenario, cause):
-    lab, endpoint = cloud_lab
-    ids, env = _aws_world(lab, endpoint, scenario, tmp_path)
+def test_cloud_causes(cloud_lab, scenario, cause):
+    lab, cloud = cloud_lab
+    ids = cloud.world(scenario)
+    env = cloud.env
     r = lab.exec(
         "client",
         [

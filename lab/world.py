@@ -4,7 +4,7 @@ egress-only internet gateway), and an instance whose security group allows only 
 says.
 
 Also runnable inside a lab namespace, where the test process cannot reach moto's loopback:
-``python -m tests.cloud.world ENDPOINT [open|no-25]`` builds a world and prints its ids and
+``python -m lab.world ENDPOINT [open|no-25]`` builds a world and prints its ids and
 the IMDS paths that describe its instance, as JSON.
 """
 

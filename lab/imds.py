@@ -1,6 +1,6 @@
 """A test IMDSv2 endpoint: a token must be PUT first, and every GET must carry it.
 
-Runnable inside a lab namespace: ``python -m tests.cloud.imds PATHS.json`` serves the paths
+Runnable inside a lab namespace: ``python -m lab.imds PATHS.json`` serves the paths
 on 127.0.0.1 and prints ``ready PORT``.
 """
 
