@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from mailpath.agent.documents import DOCUMENTS
+from mailpath.agent.documents import CAPTURES, DOCUMENTS
 from mailpath.agent.finding import Finding
 from mailpath.agent.finding import json_schema as finding_schema
 from pydantic import BaseModel, ConfigDict, Field
@@ -208,6 +208,19 @@ class CloudEvaluation(_Model):
     unchecked: list[Unchecked]
 
 
+# -- --pcap --------------------------------------------------------------------------------
+
+
+class Capture(_Model):
+    """The file ``--pcap`` wrote: its packets, and the frame numbers (1-based, as Wireshark and
+    ``tcpdump -#`` count) of each evidence ref (``probe:ADDR:PORT``, ``trace:ADDR:PORT/ttl=N``)."""
+
+    path: str
+    packets: int
+    frames: dict[str, list[int]]
+    dropped: int  # packets past the recorder's limit, not written
+
+
 # -- the documents -------------------------------------------------------------------------
 
 ITEMS: dict[str, type[BaseModel]] = {
@@ -230,6 +243,14 @@ def document_schema(command: str) -> dict:
         items.pop(drop, None)
     defs[item.__name__] = items
     defs["Error"] = Error.model_json_schema()
+    properties = {
+        "schema": {"const": name},
+        key: {"type": "array", "items": {"$ref": f"#/$defs/{item.__name__}"}},
+        "error": {"$ref": "#/$defs/Error"},
+    }
+    if command in CAPTURES:
+        defs["Capture"] = Capture.model_json_schema()
+        properties["capture"] = {"$ref": "#/$defs/Capture"}
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://mailpath.invalid/schema/{command}-v1.json",
@@ -237,11 +258,7 @@ def document_schema(command: str) -> dict:
         "type": "object",
         "additionalProperties": False,
         "required": ["schema", key],
-        "properties": {
-            "schema": {"const": name},
-            key: {"type": "array", "items": {"$ref": f"#/$defs/{item.__name__}"}},
-            "error": {"$ref": "#/$defs/Error"},
-        },
+        "properties": properties,
         "$defs": defs,
     }
     return json.loads(json.dumps(schema, sort_keys=True))

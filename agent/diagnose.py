@@ -189,11 +189,13 @@ def _read_cloud(options: CloudOptions | None, addresses: list[str]) -> tuple[Clo
 
 
 async def measure(
-    plans: list[Plan], opts: DiagnoseOptions, cloud: CloudRead | None = None
+    plans: list[Plan], opts: DiagnoseOptions, cloud: CloudRead | None = None, recorder=None
 ) -> tuple[dict[tuple[str, str, int], Observation], dict | None]:
     """Observations per (host, address, port), and the cloud identity when there is one.
     ``cloud``: a configuration already read (the agent reads it once a round); else it is read
-    here, while the probes run, as ``opts.cloud`` says."""
+    here, while the probes run, as ``opts.cloud`` says. ``recorder``
+    (:class:`mailpath.probes.capture.Recorder`): keep the packets of the raw probes and traces,
+    named after the evidence refs of the findings."""
     from mailpath.probes import Options, probe
     from mailpath.probes.smtp import SmtpOptions, check_targets
     from mailpath.probes.trace import TraceOptions, trace_raw
@@ -207,7 +209,7 @@ async def measure(
     else:
         cloud_task = asyncio.create_task(asyncio.to_thread(_read_cloud, opts.cloud, addresses))
     options = Options(timeout=opts.timeout, retries=opts.retries, min_wait=opts.min_wait)
-    results = await asyncio.to_thread(probe, targets, method=opts.method, options=options)
+    results = await asyncio.to_thread(probe, targets, method=opts.method, options=options, recorder=recorder)
     obs = {
         (t.host, t.address, t.port): Observation(t.address, r) for t, r in zip(targets, results, strict=True)
     }
@@ -234,7 +236,7 @@ async def measure(
             return []
         topts = TraceOptions(max_hops=opts.max_hops, timeout=opts.timeout, min_wait=opts.min_wait)
         try:
-            return await asyncio.to_thread(trace_raw, to_trace, topts)
+            return await asyncio.to_thread(trace_raw, to_trace, topts, "icmp", recorder)
         except (OSError, MailpathError):  # the traces are a witness: without them the probes still speak
             return [None] * len(to_trace)
 
@@ -384,18 +386,20 @@ def findings(plans: list[Plan], obs: dict, opts: DiagnoseOptions, agent: Agent) 
 
 
 async def diagnose_async(
-    target: str, opts: DiagnoseOptions, agent: Agent, cloud: CloudRead | None = None
+    target: str, opts: DiagnoseOptions, agent: Agent, cloud: CloudRead | None = None, recorder=None
 ) -> list[Finding]:
     """Diagnose ``target`` (a mail domain, host name or address) in the running event loop:
     one finding per host and port. ``agent`` names who reports them; the cloud identity found
-    on the way is added to it. ``cloud``: a configuration already read (see :func:`measure`)."""
+    on the way is added to it. ``cloud``: a configuration already read (see :func:`measure`).
+    ``recorder``: keep the packets of the probes and traces (see :func:`measure`); write them
+    with ``recorder.write(path)``."""
     plans = await plan(target, opts)
-    obs, identity = await measure(plans, opts, cloud)
+    obs, identity = await measure(plans, opts, cloud, recorder)
     if identity:
         agent = agent.model_copy(update={"cloud": identity})
     return findings(plans, obs, opts, agent)
 
 
-def diagnose(target: str, opts: DiagnoseOptions, agent: Agent | None = None) -> list[Finding]:
+def diagnose(target: str, opts: DiagnoseOptions, agent: Agent | None = None, recorder=None) -> list[Finding]:
     """:func:`diagnose_async` in an event loop of its own (the CLI's way)."""
-    return asyncio.run(diagnose_async(target, opts, agent or agent_info()))
+    return asyncio.run(diagnose_async(target, opts, agent or agent_info(), recorder=recorder))

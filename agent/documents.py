@@ -19,10 +19,17 @@ DOCUMENTS: dict[str, tuple[str, str]] = {
 }
 
 
-def envelope(command: str, items: list[dict], error: dict | None = None) -> dict:
-    """The document ``command`` prints: ``{"schema", <key>: [...]}`` (+ ``error``)."""
+# commands whose document may say where their packets were written (--pcap)
+CAPTURES = ("probe", "trace", "diagnose")
+
+
+def envelope(command: str, items: list[dict], error: dict | None = None, capture: dict | None = None) -> dict:
+    """The document ``command`` prints: ``{"schema", <key>: [...]}`` (+ ``error``, + ``capture``:
+    the file ``--pcap`` wrote and the frame numbers of each evidence ref)."""
     schema, key = DOCUMENTS.get(command, (f"mailpath.{command}/v1", "results"))
     doc: dict = {"schema": schema, key: items}
+    if capture is not None:
+        doc["capture"] = capture
     if error is not None:
         doc["error"] = error
     return doc

@@ -31,12 +31,18 @@ def __getattr__(name: str):
 
 
 def probe(
-    targets: list[Target], *, method: str = "auto", options: Options | None = None, progress=None
+    targets: list[Target],
+    *,
+    method: str = "auto",
+    options: Options | None = None,
+    progress=None,
+    recorder=None,
 ) -> list[ProbeResult]:
     """Probe every target in one batch. ``method``: ``raw``, ``connect`` or ``auto``
     (raw when CAP_NET_RAW is held, else connect()); ``raw`` without it raises
     :class:`~mailpath.probes.errors.PermissionDenied`. ``progress(done, total)`` is called
-    now and then during a raw batch."""
+    now and then during a raw batch. ``recorder`` (:class:`mailpath.probes.capture.Recorder`)
+    keeps the packets of a raw batch; connect() sends through the kernel and records nothing."""
     from mailpath.probes.errors import PermissionDenied
     from mailpath.probes.syn import Options
 
@@ -45,7 +51,7 @@ def probe(
         try:
             from mailpath.probes.syn import probe_raw
 
-            return probe_raw(targets, options, progress)
+            return probe_raw(targets, options, progress, recorder)
         except PermissionDenied:
             if method == "raw":
                 raise

@@ -12,6 +12,11 @@ kernel's drop count comes with every later packet (``SO_RXQ_OVFL``, read with ``
 and from ``/proc/net/raw``/``raw6`` (the ``drops`` column of our sockets, by inode), and
 :func:`drive` tells the machine (``dropped``), which decides what to ask again. Replies already
 queued are read before any timer is judged, so a reply that came in time is never late.
+
+Given a recorder (``--pcap``, :mod:`mailpath.probes.capture`), every packet sent is handed to it
+with the time just before the send, and every datagram read with the kernel's receive time
+(``SO_TIMESTAMPNS``, asked for only then); the IPv6 header, which these sockets never show, is
+rebuilt from the addresses and hop limit. Without one, none of this runs.
 """
 
 from __future__ import annotations
@@ -32,8 +37,11 @@ _HOPLIMIT = struct.Struct("i")
 _U32 = struct.Struct("I")
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python
 _SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux; not exported by Python
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; = SCM_TIMESTAMPNS
+_TIMESPEC = struct.Struct("qq")
 _ANC4 = socket.CMSG_SPACE(4)  # SO_RXQ_OVFL
 _ANC6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4) + socket.CMSG_SPACE(4)  # pktinfo, hop limit, drops
+_ANC_TS = socket.CMSG_SPACE(_TIMESPEC.size)  # SO_TIMESTAMPNS, when recording
 # Receive queue per socket: the kernel charges each queued packet its buffer's true size
 # (about 0.8 KiB for a reply on a veth, up to a few KiB on real NICs) and doubles what is asked.
 RCVBUF_MIN = 16 << 20
@@ -50,9 +58,11 @@ def rcvbuf_for(replies: int) -> int:
     return max(RCVBUF_MIN, min(RCVBUF_MAX, replies * _PER_REPLY))
 
 
-def _raw(family: int, proto: int, rcvbuf: int) -> socket.socket:
+def _raw(family: int, proto: int, rcvbuf: int, stamps: bool = False) -> socket.socket:
     s = socket.socket(family, socket.SOCK_RAW, proto)
     s.setblocking(False)
+    if proto != socket.IPPROTO_RAW and stamps:
+        s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
     if proto != socket.IPPROTO_RAW:
         try:  # CAP_NET_ADMIN (in the socket's network namespace): past net.core.rmem_max
             s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
@@ -68,7 +78,9 @@ def _raw(family: int, proto: int, rcvbuf: int) -> socket.socket:
 class RawNet:
     """Raw sockets for the families in use. Opening needs CAP_NET_RAW (else PermissionDenied)."""
 
-    def __init__(self, families: set[int], rcvbuf: int = RCVBUF_MIN) -> None:
+    def __init__(self, families: set[int], rcvbuf: int = RCVBUF_MIN, recorder=None) -> None:
+        self.recorder = recorder  # a probes.capture.Recorder, or None
+        self._anc_extra = _ANC_TS if recorder is not None else 0
         self._send4 = self._send6 = None
         self._recv: dict[int, tuple[int, int]] = {}  # fd -> (family, proto)
         self._socks: list[socket.socket] = []
@@ -76,14 +88,15 @@ class RawNet:
         self._inodes: dict[int, int] = {}  # socket inode -> fd (to read /proc/net/raw*)
         caps.raise_net_raw()  # permitted only (a file capability, as in the image): make it effective
         try:
+            st = recorder is not None
             if 4 in families:
                 self._send4 = self._add(_raw(socket.AF_INET, socket.IPPROTO_RAW, rcvbuf), None)
-                self._add(_raw(socket.AF_INET, socket.IPPROTO_TCP, rcvbuf), (4, wire.PROTO_TCP))
-                self._add(_raw(socket.AF_INET, socket.IPPROTO_ICMP, rcvbuf), (4, wire.PROTO_ICMP))
+                self._add(_raw(socket.AF_INET, socket.IPPROTO_TCP, rcvbuf, st), (4, wire.PROTO_TCP))
+                self._add(_raw(socket.AF_INET, socket.IPPROTO_ICMP, rcvbuf, st), (4, wire.PROTO_ICMP))
             if 6 in families:
-                tcp6 = self._add(_raw(socket.AF_INET6, socket.IPPROTO_TCP, rcvbuf), (6, wire.PROTO_TCP))
+                tcp6 = self._add(_raw(socket.AF_INET6, socket.IPPROTO_TCP, rcvbuf, st), (6, wire.PROTO_TCP))
                 icmp6 = self._add(
-                    _raw(socket.AF_INET6, socket.IPPROTO_ICMPV6, rcvbuf), (6, wire.PROTO_ICMPV6)
+                    _raw(socket.AF_INET6, socket.IPPROTO_ICMPV6, rcvbuf, st), (6, wire.PROTO_ICMPV6)
                 )
                 self._send6 = {wire.PROTO_TCP: tcp6, wire.PROTO_ICMPV6: icmp6}
         except PermissionError:
@@ -139,7 +152,10 @@ class RawNet:
 
     def send(self, pkt) -> int | None:
         """Send one ``syn.Send``; returns the errno if the kernel refused it."""
+        data = None
         try:
+            if self.recorder is not None:
+                at = time.time()
             if pkt.family == 4:
                 self._ident = (self._ident + 1) & 0xFFFF
                 data = wire.ipv4_packet(
@@ -158,6 +174,10 @@ class RawNet:
                 self._send6[pkt.proto].sendmsg([pkt.payload], anc, 0, (pkt.dst, 0))
         except OSError as e:
             return e.errno or errno.EIO
+        if self.recorder is not None:
+            if data is None:
+                data = wire.ipv6_packet(pkt.src, pkt.dst, pkt.proto, pkt.payload, hop_limit=pkt.ttl)
+            self.recorder.sent(at, data)
         return None
 
     def receive(self, timeout: float, limit: int = 4096) -> list[wire.Datagram]:
@@ -171,18 +191,30 @@ class RawNet:
             sock = by_fd[fd]
             while len(out) < limit:
                 try:
-                    data, anc, _flags, addr = sock.recvmsg(65535, _ANC4 if family == 4 else _ANC6)
+                    size = (_ANC4 if family == 4 else _ANC6) + self._anc_extra
+                    data, anc, _flags, addr = sock.recvmsg(65535, size)
                 except BlockingIOError:
                     break
                 except OSError:
                     break
+                stamp = None
                 for level, kind, value in anc:
                     if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(value) >= 4:
                         self._drops[fd] = max(self._drops[fd], _U32.unpack_from(value)[0])
+                    elif level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                        sec, nsec = _TIMESPEC.unpack_from(value)
+                        stamp = sec + nsec / 1e9
                 dg = wire.parse_ipv4(data) if family == 4 else _datagram6(data, anc, addr, proto)
                 if dg is not None:
                     out.append(dg)
+                    if self.recorder is not None:
+                        self._record(dg, data, stamp)
         return out
+
+    def _record(self, dg: wire.Datagram, data: bytes, stamp: float | None) -> None:
+        if dg.family == 6:
+            data = wire.ipv6_packet(dg.src, dg.dst, dg.proto, dg.payload, hop_limit=dg.ttl)
+        self.recorder.heard(stamp if stamp is not None else time.time(), data, dg)
 
 
 def _datagram6(data: bytes, anc: list, addr: tuple, proto: int) -> wire.Datagram | None:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailpath.probes import wire
-from mailpath.probes.classify import Flow, Reply, ReplyKind, Verdict, icmp_name, read_reply, unreach_verdict
+from mailpath.probes.classify import Flow, PathFacts, Reply, ReplyKind, Verdict, judge, read_reply
 from mailpath.probes.local import LOCAL, local_verdict
 from mailpath.probes.pacing import pacers
 from mailpath.probes.result import Icmp, ProbeResult, Target
@@ -163,8 +163,7 @@ class SynBatch:
         self._settling = False
         self._settled_at: float | None = None
         self._max_rtt = 0.0
-        self._dest_hop: dict[str, int] = {}
-        self._beyond: dict[str, int] = {}  # address -> a hop its SYN was seen to pass
+        self._path: dict[str, PathFacts] = {}  # address -> how far it is, as replies tell
         self._checks: list[_Check] = []
         self._exhausted: list[_Probe] = []  # fast tries used up, waiting for the settle phase
         self._asked: set[tuple[str, int | None]] = set()  # RST placement questions: (address, TTL|None)
@@ -454,7 +453,7 @@ class SynBatch:
             if p.reply and p.reply.kind is ReplyKind.RST:
                 rst_hops.setdefault(p.target.address, {}).setdefault(p.reply.hop, p)
         for address, hops in rst_hops.items():
-            if address in self._dest_hop:
+            if self._facts(address).dest_hop is not None:
                 continue
             src = next(iter(hops.values())).flow.local
             if (address, None) not in self._asked:
@@ -472,23 +471,17 @@ class SynBatch:
                 (pacer.queue if pacer.errors else self._free_checks).appendleft(check)
 
     def _learn(self, address: str, reply: Reply) -> None:
-        """Record the destination's hop when a reply certainly came from the destination."""
-        if reply.responder != address:
-            return
-        if reply.kind in (ReplyKind.SYN_ACK, ReplyKind.UNREACH, ReplyKind.ECHO_REPLY):
-            self._dest_hop[address] = max(self._dest_hop.get(address, 0), reply.hop)
+        self._path.setdefault(address, PathFacts()).learn(address, reply)
 
     def _learn_check(self, check: _Check, reply: Reply) -> None:
         if check.flow is None:
             self._learn(check.address, reply)
-        elif reply.kind is ReplyKind.TIME_EXCEEDED:
-            self._beyond[check.address] = max(self._beyond.get(check.address, 0), check.ttl)
-        elif reply.kind is ReplyKind.SYN_ACK:
-            self._learn(check.address, reply)
+        else:
+            self._path.setdefault(check.address, PathFacts()).learn_limited(check.address, check.ttl, reply)
         # Once the echo gave the destination's hop, or every TTL-limited SYN was answered, the
         # other questions about this address are moot: do not wait for their timeouts.
         mine = [c for c in self._checks if c.address == check.address]
-        if check.address in self._dest_hop or all(c.done for c in mine if c.flow is not None):
+        if self._facts(check.address).dest_hop is not None or all(c.done for c in mine if c.flow is not None):
             for c in mine:
                 if not c.done:
                     c.done = c.moot = True
@@ -496,20 +489,9 @@ class SynBatch:
                         c.live = False
                         self._inflight -= 1
 
-    def _confirmed(self, address: str, hop: int) -> bool:
-        """A SYN with TTL ``hop`` drew a RST again: the RST's origin is the destination."""
-        return any(
-            c.address == address
-            and c.flow is not None
-            and c.ttl == hop
-            and c.reply is not None
-            and c.reply.kind is ReplyKind.RST
-            for c in self._checks
-        )
-
     def _result(self, p: _Probe) -> ProbeResult:
         t = p.target
-        dest_hop = self._dest_hop.get(t.address)
+        dest_hop = self._facts(t.address).dest_hop
         base = dict(host=t.host, address=t.address, port=t.port, method="raw", attempts=p.attempts)
         if p.flow is None or p.local_errno is not None:
             verdict, why = local_verdict(p.local_errno or 0)
@@ -534,94 +516,71 @@ class SynBatch:
                     "time (--pace-budget), so a reject may be hidden"
                 )
             return ProbeResult(**base, verdict=Verdict.FILTERED, reason=why, destination_hop=dest_hop)
-        hop = 0 if r.responder in self._locals and r.responder != t.address else r.hop
-        common = dict(
-            base,
+        local = r.responder in self._locals and r.responder != t.address
+        j = judge(r, t.address, self._facts(t.address), local=local)
+        return ProbeResult(
+            **base,
+            verdict=j.verdict,
+            reason=j.reason,
             responder=r.responder,
-            responder_hop=hop,
+            responder_hop=j.responder_hop,
+            destination_hop=j.destination_hop,
+            icmp=Icmp(*j.icmp) if j.icmp else None,
             rtt_ms=round(p.rtt * 1000, 3) if p.rtt is not None else None,
         )
-        if r.kind is ReplyKind.SYN_ACK:
-            why = f"SYN-ACK from {r.responder} (hop {hop})"
-            if dest_hop is not None and hop < dest_hop:
-                why = (
-                    f"SYN-ACK carrying {r.responder} came from hop {hop}, but {r.responder} is at hop "
-                    f"{dest_hop}: a device in the path answered for it (an intercepting or SYN proxy)"
-                )
-            return ProbeResult(**common, verdict=Verdict.OPEN, destination_hop=dest_hop, reason=why)
-        if r.kind is ReplyKind.RST:
-            return self._rst_result(common, r, dest_hop)
-        family = 6 if ":" in r.responder else 4
-        name = icmp_name(family, r.icmp_type, r.icmp_code)
-        icmp = Icmp(r.icmp_type, r.icmp_code, name)
-        where = "this host" if hop == 0 else f"{r.responder} (hop {hop})"
-        if r.kind is ReplyKind.TIME_EXCEEDED:
-            return ProbeResult(
-                **common,
-                verdict=Verdict.UNREACHABLE,
-                icmp=icmp,
-                destination_hop=dest_hop,
-                reason=f"ICMP time exceeded from {where}: a routing loop",
-            )
-        verdict = unreach_verdict(family, r.icmp_code)
-        return ProbeResult(
-            **common, verdict=verdict, icmp=icmp, destination_hop=dest_hop, reason=f"ICMP {name} from {where}"
-        )
 
-    def _rst_result(self, common: dict, r: Reply, dest_hop: int | None) -> ProbeResult:
-        address, hop = common["address"], common["responder_hop"]
-        if dest_hop is not None:
-            if hop < dest_hop:
-                return ProbeResult(
-                    **common,
-                    verdict=Verdict.RESET_IN_PATH,
-                    destination_hop=dest_hop,
-                    reason=f"RST carrying {address} came from hop {hop}, but {address} is at hop "
-                    f"{dest_hop}: forged by a device in the path",
-                )
-            return ProbeResult(
-                **common,
-                verdict=Verdict.REFUSED,
-                destination_hop=dest_hop,
-                reason=f"RST from {address} itself (hop {hop}): nothing listens",
-            )
-        if self._beyond.get(address, 0) >= hop:
-            return ProbeResult(
-                **common,
-                verdict=Verdict.RESET_IN_PATH,
-                destination_hop=None,
-                reason=f"RST carrying {address} came from hop {hop}, but a SYN with TTL {hop} "
-                f"expired there: {address} is further away, the RST was forged in the path",
-            )
-        if self._confirmed(address, hop):
-            return ProbeResult(
-                **common,
-                verdict=Verdict.REFUSED,
-                destination_hop=hop,
-                reason=f"RST from {address} itself (hop {hop}, confirmed by a SYN "
-                f"with TTL {hop}): nothing listens",
-            )
-        return ProbeResult(
-            **common,
-            verdict=Verdict.REFUSED,
-            destination_hop=None,
-            reason=f"RST from hop {hop}; its origin could not be confirmed "
-            "(no echo reply, no answer to a TTL-limited SYN)",
-        )
+    def _facts(self, address: str) -> PathFacts:
+        return self._path.get(address) or PathFacts()
+
+    # -- evidence for a capture (--pcap) -------------------------------------------------
+
+    def annotate(self, recorder) -> None:
+        """Name, in ``recorder`` (a :class:`~mailpath.probes.capture.Recorder`), the probe
+        every packet of this batch belongs to, and the reply that decided each verdict."""
+        from mailpath.probes.capture import echo_key, probe_ref, tcp_key
+
+        rsts: dict[str, dict[int, list[int]]] = {}  # address -> RST hop -> ports
+        for p in self._probes:
+            if p.reply is not None and p.reply.kind is ReplyKind.RST:
+                rsts.setdefault(p.target.address, {}).setdefault(p.reply.hop, []).append(p.target.port)
+        tries: dict[int, int] = {}
+        for (flow, seq), s in self._seqs.items():  # in the order they were sent
+            owner = s.owner
+            if isinstance(owner, _Probe):
+                n = tries[id(owner)] = tries.get(id(owner), 0) + 1
+                recorder.label(tcp_key(flow, seq), probe_ref(flow.remote, flow.dport), f"SYN, try {n}")
+                continue
+            what = f"SYN with TTL {owner.ttl}: is the RST's origin at hop {owner.ttl}?"
+            for port in rsts.get(owner.address, {}).get(owner.ttl, [flow.dport]):
+                recorder.label(tcp_key(flow, seq), probe_ref(owner.address, port), what)
+        for (address, seq), s in self._echo.items():
+            key = echo_key(s.owner.src, address, self._echo_ident, seq)
+            for port in sorted({port for ports in rsts.get(address, {}).values() for port in ports}):
+                recorder.label(key, probe_ref(address, port), f"echo to {address}: its hop, to place the RST")
+        for p, r in zip(self._probes, self.results(), strict=True):
+            if p.reply is not None:
+                recorder.decided(p.reply, probe_ref(r.address, r.port), f"{r.verdict}: {r.reason}")
 
 
 def probe_raw(
-    targets: list[Target], options: Options, progress: Callable[[int, int], None] | None = None
+    targets: list[Target],
+    options: Options,
+    progress: Callable[[int, int], None] | None = None,
+    recorder=None,
 ) -> list[ProbeResult]:
-    """Probe all targets in one raw batch. Raises PermissionDenied without CAP_NET_RAW."""
+    """Probe all targets in one raw batch. Raises PermissionDenied without CAP_NET_RAW.
+    ``recorder`` (a :class:`~mailpath.probes.capture.Recorder`): keep every packet sent and
+    every reply to them, each named after its probe."""
     from mailpath.probes.local import route
     from mailpath.probes.rawsock import RawNet, drive, rcvbuf_for
 
     # every reply of every try (and the RST checks) may be queued at once on a starved host
     rcvbuf = rcvbuf_for(len(targets) * (options.retries + 1))
-    with RawNet({t.family for t in targets}, rcvbuf) as net:
+    with RawNet({t.family for t in targets}, rcvbuf, recorder=recorder) as net:
         sources = {a: route(a) for a in {t.address for t in targets}}
         batch = SynBatch(targets, sources, options)
         tick = (lambda: progress(*batch.progress)) if progress else None
         drive(batch, net, progress=tick)
+    if recorder is not None:
+        batch.annotate(recorder)
     return batch.results()

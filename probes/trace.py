@@ -280,6 +280,32 @@ class TraceRun:
             _, _, probe = heapq.heappop(self._timers)
             probe.live = False
 
+    # -- evidence for a capture (--pcap) -------------------------------------------------
+
+    def annotate(self, recorder) -> None:
+        """Name, in ``recorder`` (a :class:`~mailpath.probes.capture.Recorder`), the TTL every
+        packet of this trace was sent with, and the reply that ended it."""
+        from mailpath.probes.capture import echo_key, tcp_key, trace_ref
+
+        t = self.target
+        for (flow, seq), probe in self._seq.items():
+            ref = trace_ref(t.address, t.port, probe.ttl)
+            line = probe.line
+            if line.kind == "icmp":
+                key = echo_key(flow.local, flow.remote, self._ident, seq)
+                recorder.label(key, ref, f"control echo, TTL {probe.ttl}")
+            elif line is self.main:
+                recorder.label(tcp_key(flow, seq), ref, f"SYN, TTL {probe.ttl}")
+            else:
+                recorder.label(tcp_key(flow, seq), ref, f"control SYN to port {line.port}, TTL {probe.ttl}")
+        r = _terminal_reply(self.main)
+        if r is not None:
+            res = self.result()
+            text = f"{res.verdict}: {res.reason}"
+            recorder.decided(r, trace_ref(t.address, t.port, self.main.terminal_ttl), text)
+            if res.responder_hop is not None and res.responder_hop != self.main.terminal_ttl:
+                recorder.decided(r, trace_ref(t.address, t.port, res.responder_hop), text)
+
     # -- results ------------------------------------------------------------------------
 
     def result(self) -> TraceResult:
@@ -484,16 +510,18 @@ class TraceResult:
 
 
 def trace_raw(
-    targets: list[Target], options: TraceOptions, control: str | int | None = "icmp"
+    targets: list[Target], options: TraceOptions, control: str | int | None = "icmp", recorder=None
 ) -> list[TraceResult]:
     """Trace every target concurrently over raw sockets. Raises PermissionDenied without
-    CAP_NET_RAW; an address with no local route comes back as an ``unreachable`` result."""
+    CAP_NET_RAW; an address with no local route comes back as an ``unreachable`` result.
+    ``recorder`` (a :class:`~mailpath.probes.capture.Recorder`): keep every packet sent and
+    every reply to them, each named after its trace and TTL."""
     from mailpath.probes.machine import Together
     from mailpath.probes.rawsock import RawNet, drive
 
     shared = pacers(options.icmp_interval)
     runs, results = [], {}
-    with RawNet({t.family for t in targets}) as net:
+    with RawNet({t.family for t in targets}, recorder=recorder) as net:
         for t in targets:
             source = route(t.address)
             if isinstance(source, int):
@@ -501,6 +529,8 @@ def trace_raw(
             else:
                 runs.append(TraceRun(t, source, options, control, shared_pacers=shared))
         drive(Together(runs), net)
+    for run in runs if recorder is not None else []:
+        run.annotate(recorder)
     results.update({run.target: run.result() for run in runs})
     return [results[t] for t in targets]
 

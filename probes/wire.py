@@ -7,13 +7,17 @@ scapy is the independent oracle for this module in the tests.
 
 Parsing is defensive: anything truncated, malformed or with a wrong checksum yields
 ``None`` rather than an exception, because replies come from the network, not from us.
+Captures read from a file (``mailpath pcap``) go through the same parsers with
+``verify=False``: a capture taken on the sending host holds checksums the NIC had yet to
+fill in, and packets cut at the capture's snap length cannot be summed at all.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from functools import lru_cache
+from ipaddress import IPv6Address, ip_address
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -98,6 +102,23 @@ def ipv4_packet(src: str, dst: str, proto: int, payload: bytes, *, ttl: int, ide
     return header[:10] + struct.pack("!H", csum) + header[12:] + payload
 
 
+def ipv6_packet(src: str, dst: str, proto: int, payload: bytes, *, hop_limit: int) -> bytes:
+    """An IPv6 header (traffic class and flow label 0, no extension header) in front of
+    ``payload``. The kernel builds the header of what an IPv6 raw socket sends and strips it
+    from what one receives; captures (``--pcap``) hold this equivalent of it."""
+    header = struct.pack("!IHBB", 6 << 28, len(payload), proto, hop_limit & 0xFF)
+    return header + _packed(src) + _packed(dst) + payload
+
+
+def _v4(b: bytes) -> str:
+    return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"  # what str(IPv4Address(b)) gives, faster
+
+
+@lru_cache(maxsize=8192)
+def _v6(b: bytes) -> str:
+    return str(IPv6Address(b))
+
+
 @dataclass(frozen=True, slots=True)
 class Datagram:
     """One received IP datagram, the same shape for IPv4 and IPv6: L4 bytes plus what the
@@ -111,19 +132,49 @@ class Datagram:
     payload: bytes
 
 
-def parse_ipv4(packet: bytes) -> Datagram | None:
-    """Split a raw IPv4 packet (as an AF_INET raw socket delivers it) into a Datagram."""
+def parse_ipv4(packet: bytes, *, verify: bool = True) -> Datagram | None:
+    """Split a raw IPv4 packet (as an AF_INET raw socket delivers it) into a Datagram.
+    ``verify=False`` (captures): no header checksum, and a packet cut short by the capture's
+    snap length keeps what there is of its payload."""
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None
     ihl = (packet[0] & 0x0F) * 4
-    total = struct.unpack_from("!H", packet, 2)[0]
-    if ihl < 20 or total < ihl or len(packet) < total or checksum(packet[:ihl]) != 0:
+    total = (packet[2] << 8) | packet[3]
+    if ihl < 20 or total < ihl or len(packet) < ihl:
         return None
-    frag = struct.unpack_from("!H", packet, 6)[0]
-    if frag & 0x1FFF or frag & 0x2000:  # a fragment: we never send anything that needs them
+    if verify and (len(packet) < total or checksum(packet[:ihl]) != 0):
         return None
-    src, dst = str(IPv4Address(packet[12:16])), str(IPv4Address(packet[16:20]))
-    return Datagram(4, src, dst, packet[8], packet[9], packet[ihl:total])
+    if packet[6] & 0x3F or packet[7]:  # a fragment (MF or an offset): we never send any
+        return None
+    return Datagram(4, _v4(packet[12:16]), _v4(packet[16:20]), packet[8], packet[9], packet[ihl:total])
+
+
+# IPv6 extension headers a capture may show before TCP/ICMPv6: hop-by-hop, routing, destination
+_EXTENSIONS = {0, 43, 60}
+_FRAGMENT = 44
+
+
+def parse_ipv6(packet: bytes) -> Datagram | None:
+    """Split an IPv6 packet from a capture into a Datagram (raw sockets never show this header:
+    the driver reads hop limit and destination from ancillary data). Extension headers are
+    skipped; fragments (but an atomic one) and anything cut inside the headers yield None.
+    Like ``parse_ipv4(verify=False)``, a payload cut by the snap length is kept as it is."""
+    if len(packet) < 40 or packet[0] >> 4 != 6:
+        return None
+    end = 40 + ((packet[4] << 8) | packet[5])
+    proto, at = packet[6], 40
+    while proto in _EXTENSIONS or proto == _FRAGMENT:
+        if len(packet) < at + 8:
+            return None
+        if proto == _FRAGMENT:
+            if (packet[at + 2] << 8 | packet[at + 3]) & 0xFFF9:  # an offset or more fragments
+                return None
+            proto, at = packet[at], at + 8
+        else:
+            proto, at = packet[at], at + (packet[at + 1] + 1) * 8
+    if at > end:
+        return None
+    return Datagram(6, _v6(packet[8:24]), _v6(packet[24:40]), packet[7], proto, packet[at:end])
 
 
 def _partial_checksum(pseudo: bytes, field: bytes) -> bool:
@@ -144,18 +195,26 @@ class TCPHeader:
     ack: int
     flags: int
     window: int
+    header_len: int = 20  # where the payload starts: ``dg.payload[header_len:]``
 
 
-def parse_tcp(dg: Datagram) -> TCPHeader | None:
-    """The TCP header of a datagram whose checksum verifies, else None."""
+_TCP = struct.Struct("!HHIIBBH")
+
+
+def parse_tcp(dg: Datagram, *, verify: bool = True) -> TCPHeader | None:
+    """The TCP header of a datagram whose checksum verifies (``verify=False``: any), else None."""
     data = dg.payload
-    if dg.proto != PROTO_TCP or len(data) < 20 or (data[12] >> 4) * 4 < 20:
+    if dg.proto != PROTO_TCP or len(data) < 20:
         return None
-    pseudo = pseudo_header(dg.src, dg.dst, PROTO_TCP, len(data))
-    if checksum(pseudo + data) != 0 and not _partial_checksum(pseudo, data[16:18]):
+    sport, dport, seq, ack, off, flags, window = _TCP.unpack_from(data)
+    size = (off >> 4) * 4
+    if size < 20 or size > len(data):
         return None
-    sport, dport, seq, ack, _off, flags, window = struct.unpack_from("!HHIIBBH", data)
-    return TCPHeader(sport, dport, seq, ack, flags, window)
+    if verify:
+        pseudo = pseudo_header(dg.src, dg.dst, PROTO_TCP, len(data))
+        if checksum(pseudo + data) != 0 and not _partial_checksum(pseudo, data[16:18]):
+            return None
+    return TCPHeader(sport, dport, seq, ack, flags, window, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +243,7 @@ def _parse_quote(inner: bytes, v6: bool) -> Quote | None:
         if len(inner) < 48 or inner[0] >> 4 != 6:
             return None
         proto, hdr = inner[6], 40
-        src, dst = str(IPv6Address(inner[8:24])), str(IPv6Address(inner[24:40]))
+        src, dst = _v6(inner[8:24]), _v6(inner[24:40])
     else:
         if len(inner) < 28 or inner[0] >> 4 != 4:
             return None
@@ -192,20 +251,22 @@ def _parse_quote(inner: bytes, v6: bool) -> Quote | None:
         if hdr < 20 or len(inner) < hdr + 8:
             return None
         proto = inner[9]
-        src, dst = str(IPv4Address(inner[12:16])), str(IPv4Address(inner[16:20]))
+        src, dst = _v4(inner[12:16]), _v4(inner[16:20])
     sport, dport, seq = struct.unpack_from("!HHI", inner, hdr)
     return Quote(src, dst, proto, sport, dport, seq)
 
 
-def parse_icmp(dg: Datagram) -> ICMPMessage | None:
-    """An ICMP/ICMPv6 message whose checksum verifies: echo replies and the two errors we use."""
+def parse_icmp(dg: Datagram, *, verify: bool = True) -> ICMPMessage | None:
+    """An ICMP/ICMPv6 message whose checksum verifies (``verify=False``: any): echo replies
+    and the two errors we use."""
     v6 = dg.family == 6
     data = dg.payload
     if dg.proto != (PROTO_ICMPV6 if v6 else PROTO_ICMP) or len(data) < 8:
         return None
-    pseudo = pseudo_header(dg.src, dg.dst, PROTO_ICMPV6, len(data)) if v6 else b""
-    if checksum(pseudo + data) != 0:
-        return None
+    if verify:
+        pseudo = pseudo_header(dg.src, dg.dst, PROTO_ICMPV6, len(data)) if v6 else b""
+        if checksum(pseudo + data) != 0:
+            return None
     kind, code = data[0], data[1]
     if kind == (ICMP6_ECHO_REPLY if v6 else ICMP_ECHO_REPLY):
         ident, seq = struct.unpack_from("!HH", data, 4)

@@ -20,7 +20,7 @@ from typing import Annotated, NoReturn
 import typer
 from mailpath.agent import __version__
 from mailpath.agent.documents import envelope
-from mailpath.probes.errors import InputError, MailpathError
+from mailpath.probes.errors import CannotRun, InputError, MailpathError
 
 OK, PROBLEM, USAGE, CANNOT_RUN = 0, 1, 2, 3
 
@@ -107,6 +107,15 @@ UserOpt = Annotated[str | None, typer.Option(help="Test AUTH as this user.")]
 PasswordEnvOpt = Annotated[str | None, typer.Option(help="Environment variable holding the password.")]
 PasswordFileOpt = Annotated[str | None, typer.Option(help="File holding the password.")]
 ProviderOpt = Annotated[str | None, typer.Option(help="aws, gcp or azure, instead of detecting it.")]
+PcapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pcap",
+        metavar="FILE",
+        help="Write every packet sent and every reply to them to FILE (pcapng, for Wireshark or "
+        "tcpdump), each named after its probe or trace. Needs raw sockets.",
+    ),
+]
 
 
 def command(name: str) -> Callable:
@@ -142,14 +151,20 @@ def finish(
     show: Callable,
     problem: bool,
     error: MailpathError | None = None,
+    capture: dict | None = None,
 ) -> NoReturn:
     """The tail of every command: the JSON document or the human report, then the exit code.
-    ``error``: what failed after the results were in (they are shown all the same)."""
+    ``error``: what failed after the results were in (they are shown all the same).
+    ``capture``: what ``--pcap`` wrote (``probes.capture.Written.to_dict()``)."""
     if json_out:
         report = {"code": error.code, "message": str(error)} if error else None
-        print(json.dumps(envelope(name, [to_json(x) for x in items], error=report), indent=2))
+        doc = envelope(name, [to_json(x) for x in items], error=report, capture=capture)
+        print(json.dumps(doc, indent=2))
     else:
         show(items)
+        if capture:
+            print(f"capture: {capture['packets']} packets written to {capture['path']}")
+            print("  (pcapng; each packet's comment names the probe or trace it belongs to)")
         if error:
             print(f"mailpath: error: {error}", file=sys.stderr)
     raise typer.Exit(exit_code(error) if error else PROBLEM if problem else OK)
@@ -260,6 +275,29 @@ def smtp_inputs(
         "user": user,
         "password": password(password_env, password_file, user),
     }
+
+
+def pcap_file(path: str | None, method: str = "raw") -> str | None:
+    """A --pcap FILE that can be written (checked before anything is sent); packets are only
+    recorded by the raw engines, so ``--method connect`` refuses it."""
+    if path is None:
+        return None
+    if method == "connect":
+        raise InputError("--pcap records raw SYN probes: it cannot go with --method connect")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write --pcap {path!r}")
+    return path
+
+
+def save_capture(recorder, path: str | None) -> tuple[dict | None, MailpathError | None]:
+    """Write what ``recorder`` kept to ``path``: what was written, or the error (exit 3)."""
+    if recorder is None or path is None:
+        return None, None
+    try:
+        return recorder.write(path).to_dict(), None
+    except OSError as e:
+        return None, CannotRun(f"cannot write --pcap {path!r}: {e.strerror or e}")
 
 
 def given(ctx: typer.Context, *names: str) -> list[str]:

@@ -16,6 +16,7 @@ from mailpath.agent.cli.common import (
     NameserverOpt,
     PasswordEnvOpt,
     PasswordFileOpt,
+    PcapOpt,
     PortsOpt,
     ProviderOpt,
     RetriesOpt,
@@ -28,8 +29,10 @@ from mailpath.agent.cli.common import (
     family,
     finish,
     given,
+    pcap_file,
     pem_file,
     refuse_unused,
+    save_capture,
     smtp_inputs,
 )
 
@@ -87,6 +90,7 @@ def diagnose(
     report_ca_file: Annotated[
         str | None, typer.Option(help="Trust the CAs in this PEM file for the collector's TLS.")
     ] = None,
+    pcap: PcapOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Why mail does not go out, and where: one finding per target and port.
@@ -102,6 +106,9 @@ def diagnose(
     from mailpath.probes.errors import DependencyFailed, InputError
 
     choice(provider, (None, "aws", "gcp", "azure"), "--provider")
+    pcap_file(pcap, method.value)
+    if pcap:
+        method = Method.raw  # packets are recorded by the raw engines only
     host, given_port = parse_target(target)
     if cloud_check is False:
         refuse_unused(
@@ -151,9 +158,14 @@ def diagnose(
         pem_file(report_ca_file, "--report-ca-file")
     else:
         refuse_unused(given(ctx, "token_file", "report_ca_file"), "they go with --report")
-    found = run_diagnose(host, opts)
+    recorder = None
+    if pcap:
+        from mailpath.probes.capture import Recorder
+
+        recorder = Recorder()
+    found = run_diagnose(host, opts, recorder=recorder)
+    capture, failed = save_capture(recorder, pcap)
     problem = not all(f.cause == "none" for f in found)
-    failed = None
     if report:
         try:
             answer = post_findings(report, token, [f.to_json_dict() for f in found], ca_file=report_ca_file)
@@ -164,4 +176,4 @@ def diagnose(
                 )
         except DependencyFailed as e:
             failed = e
-    finish("diagnose", json_out, found, lambda f: f.to_json_dict(), print_findings, problem, failed)
+    finish("diagnose", json_out, found, lambda f: f.to_json_dict(), print_findings, problem, failed, capture)

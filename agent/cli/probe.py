@@ -8,14 +8,17 @@ import typer
 from mailpath.agent.cli.common import (
     JsonOpt,
     Method,
+    PcapOpt,
     PortsOpt,
     RetriesOpt,
     TimeoutOpt,
     command,
     finish,
     given,
+    pcap_file,
     progress,
     refuse_unused,
+    save_capture,
 )
 
 
@@ -66,6 +69,7 @@ def probe(
             "reported filtered and marked unconfirmed.",
         ),
     ] = 120.0,
+    pcap: PcapOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Send one SYN per address and port and say what answered.
@@ -79,6 +83,7 @@ def probe(
     if method is Method.connect:
         raw_only = given(ctx, "rate", "icmp_interval", "min_wait", "pace_budget")
         refuse_unused(raw_only, "only raw SYN probes use this, not --method connect")
+    pcap_file(pcap, method.value)
     found = expand(targets, parse_ports(port or []))
     options = Options(
         timeout=timeout,
@@ -88,7 +93,13 @@ def probe(
         min_wait=min_wait,
         pace_budget=pace_budget,
     )
+    recorder = None
+    if pcap:
+        from mailpath.probes.capture import Recorder
+
+        recorder, method = Recorder(), Method.raw  # packets are recorded by the raw engine only
     with progress("probing", len(found)) as tick:
-        results = run_probe(found, method=method.value, options=options, progress=tick)
+        results = run_probe(found, method=method.value, options=options, progress=tick, recorder=recorder)
+    capture, failed = save_capture(recorder, pcap)
     problem = not all(r.verdict == "open" for r in results)
-    finish("probe", json_out, results, lambda r: r.to_dict(), print_probe, problem)
+    finish("probe", json_out, results, lambda r: r.to_dict(), print_probe, problem, failed, capture)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from mailpath.agent.cli.common import Ipv4Opt, Ipv6Opt, JsonOpt, TimeoutOpt, command, finish, one_family
+from mailpath.agent.cli.common import (
+    Ipv4Opt,
+    Ipv6Opt,
+    JsonOpt,
+    PcapOpt,
+    TimeoutOpt,
+    command,
+    finish,
+    one_family,
+    pcap_file,
+    save_capture,
+)
 
 
 @command("trace")
@@ -38,6 +49,7 @@ def trace(
             min=0, max=60, help="How long the final silence check listens (a late host-unreachable)."
         ),
     ] = 3.5,
+    pcap: PcapOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """TCP SYN traceroute on the real port: which hop drops, rejects or forges a RST.
@@ -52,6 +64,7 @@ def trace(
     host, given_port = parse_target(target)
     if control not in ("icmp", "none") and not (control.isdigit() and 1 <= int(control) <= 65535):
         raise InputError(f"invalid --control {control!r}: expected icmp, none or a port 1-65535")
+    pcap_file(pcap)
     found = one_family(expand([target], [given_port or port]), ipv4, ipv6, host, lambda t: t.family)
     options = TraceOptions(
         max_hops=max_hops,
@@ -62,6 +75,12 @@ def trace(
         min_wait=min_wait,
     )
     ctl = None if control == "none" else (control if control == "icmp" else int(control))
-    results = trace_raw(found, options, ctl)
+    recorder = None
+    if pcap:
+        from mailpath.probes.capture import Recorder
+
+        recorder = Recorder()
+    results = trace_raw(found, options, ctl, recorder)
+    capture, failed = save_capture(recorder, pcap)
     problem = not all(r.verdict == "open" for r in results)
-    finish("trace", json_out, results, lambda r: r.to_dict(), print_traces, problem)
+    finish("trace", json_out, results, lambda r: r.to_dict(), print_traces, problem, failed, capture)
