@@ -221,6 +221,81 @@ class Capture(_Model):
     dropped: int  # packets past the recorder's limit, not written
 
 
+# -- pcap ----------------------------------------------------------------------------------
+
+
+class SmtpStop(_Model):
+    """Where a clear-text SMTP conversation seen in a capture stopped."""
+
+    stopped: Literal[
+        "no-greeting",
+        "greeting",
+        "ehlo",
+        "starttls",
+        "tls-handshake",
+        "tls",
+        "auth",
+        "mail",
+        "rcpt",
+        "data",
+        "delivered",
+        "quit",
+        "closed",
+        "incomplete",
+        "unreadable",
+    ]
+    problem: bool
+    detail: str
+    greeting: str | None
+    last_command: str | None
+    last_reply: str | None
+    tls: Literal["implicit", "starttls"] | None
+    reset: Literal["reset-by-server", "reset-in-path"] | None
+    reset_frame: int | None
+
+
+class PcapConnection(_Model):
+    """One connection attempt to a mail port in a capture, in the probe's vocabulary."""
+
+    client: str
+    client_port: int = Field(ge=0, le=65535)
+    server: str
+    port: int = Field(ge=1, le=65535)
+    start: float  # the first SYN, seconds since the epoch
+    verdict: Verdict
+    reason: str
+    responder: str | None
+    responder_hop: int | None
+    destination_hop: int | None
+    icmp: Icmp | None
+    rtt_ms: float | None
+    syns: int
+    retransmissions: int  # SYNs that repeat an earlier SYN's sequence number
+    synack_retransmissions: int
+    data_retransmissions: int
+    first_frame: int  # frame numbers as Wireshark and tcpdump -# count them
+    reply_frame: int | None
+    smtp: SmtpStop | None
+    limitations: list[str]  # what the capture lacks to tell more
+
+
+class PcapFile(_Model):
+    """The capture as read."""
+
+    path: str
+    format: str
+    link_types: list[str]
+    packets: int
+    ip_packets: int
+    first: float | None
+    last: float | None
+    ports: list[int]
+    connections: int
+    unlisted: dict[str, int]  # verdict -> attempts past the listing limit (counted only)
+    evicted: int
+    truncated: str | None
+
+
 # -- the documents -------------------------------------------------------------------------
 
 ITEMS: dict[str, type[BaseModel]] = {
@@ -230,6 +305,7 @@ ITEMS: dict[str, type[BaseModel]] = {
     "smtp": SmtpSession,
     "cloud": CloudEvaluation,
     "diagnose": Finding,
+    "pcap": PcapConnection,
 }
 
 
@@ -251,6 +327,9 @@ def document_schema(command: str) -> dict:
     if command in CAPTURES:
         defs["Capture"] = Capture.model_json_schema()
         properties["capture"] = {"$ref": "#/$defs/Capture"}
+    elif command == "pcap":
+        defs["PcapFile"] = PcapFile.model_json_schema()
+        properties["capture"] = {"$ref": "#/$defs/PcapFile"}
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://mailpath.invalid/schema/{command}-v1.json",

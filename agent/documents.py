@@ -16,6 +16,7 @@ DOCUMENTS: dict[str, tuple[str, str]] = {
     "smtp": ("mailpath.smtp/v1", "sessions"),
     "cloud": ("mailpath.cloud/v1", "evaluations"),
     "diagnose": ("mailpath.diagnose/v1", "findings"),
+    "pcap": ("mailpath.pcap/v1", "connections"),
 }
 
 
@@ -25,7 +26,8 @@ CAPTURES = ("probe", "trace", "diagnose")
 
 def envelope(command: str, items: list[dict], error: dict | None = None, capture: dict | None = None) -> dict:
     """The document ``command`` prints: ``{"schema", <key>: [...]}`` (+ ``error``, + ``capture``:
-    the file ``--pcap`` wrote and the frame numbers of each evidence ref)."""
+    the file ``--pcap`` wrote and the frame numbers of each evidence ref, or for ``pcap`` the
+    capture that was read)."""
     schema, key = DOCUMENTS.get(command, (f"mailpath.{command}/v1", "results"))
     doc: dict = {"schema": schema, key: items}
     if capture is not None:

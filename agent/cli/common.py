@@ -162,7 +162,7 @@ def finish(
         print(json.dumps(doc, indent=2))
     else:
         show(items)
-        if capture:
+        if capture and "frames" in capture:  # what --pcap wrote (pcap tells of what it read itself)
             print(f"capture: {capture['packets']} packets written to {capture['path']}")
             print("  (pcapng; each packet's comment names the probe or trace it belongs to)")
         if error:
