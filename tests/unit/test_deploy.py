@@ -164,3 +164,35 @@ def test_the_agent_unit_holds_net_raw_only_and_the_collector_nothing():
         assert unit["ProtectSystem"] == ["strict"]
         assert unit["StateDirectory"]
     assert any(c.startswith("collector-token:") for c in agent["LoadCredential"])
+
+
+# -- Prometheus ----------------------------------------------------------------------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+
+
+def test_the_scrape_configuration_passes_promtool():
+    r = run(tool("promtool"), "check", "config", "prometheus.yml", cwd=PROMETHEUS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS" in r.stdout
+
+
+def test_the_alerting_rules_pass_promtool_check_and_their_unit_tests():
+    r = run(tool("promtool"), "check", "rules", "mailpath-rules.yml", cwd=PROMETHEUS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(tool("promtool"), "test", "rules", "mailpath-rules.test.yml", cwd=PROMETHEUS)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path):
+    shutil.copy(PROMETHEUS / "mailpath-rules.yml", tmp_path)
+    text = (PROMETHEUS / "mailpath-rules.test.yml").read_text()
+    (tmp_path / "t.yml").write_text(text.replace("agent: web-1", "agent: web-2"))
+    r = run(tool("promtool"), "test", "rules", "t.yml", cwd=tmp_path)
+    assert r.returncode != 0
+
+
+def test_the_kubernetes_scrape_job_keeps_annotated_pods_only():
+    (job,) = yaml.safe_load((PROMETHEUS / "kubernetes-scrape.yml").read_text())["scrape_configs"]
+    keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    assert keep and keep[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
