@@ -74,7 +74,9 @@ def test_the_manifests_validate_against_the_kubernetes_schemas():
 
 def test_the_validator_catches_a_planted_mistake(tmp_path):
     bad = tmp_path / "agent.yaml"
-    bad.write_text((DEPLOY / "kubernetes" / "agent.yaml").read_text().replace("hostNetwork:", "hostNetworks:"))
+    bad.write_text(
+        (DEPLOY / "kubernetes" / "agent.yaml").read_text().replace("hostNetwork:", "hostNetworks:")
+    )
     r = run(tool("kubernetes-validate"), "--strict", "--quiet", str(bad))
     assert r.returncode != 0
 
