@@ -310,7 +310,10 @@ class Smtp:
         """The connection ended (``how``: closed by whom, reset, the capture ended)."""
         if self.done:
             return
-        if self._tls_wait:
+        if self._tls_wait and self.tls == "implicit" and not self.implicit_tls and not self.server_bytes:
+            why = "the client then tried TLS (a ClientHello), unanswered too"
+            self._stop("no-greeting", f"connected, but no greeting came; {why}; {how}")
+        elif self._tls_wait:
             if not self._client_hello:
                 why = "the client sent no TLS ClientHello"
             else:

@@ -47,7 +47,7 @@ class Run:
     def items(self) -> list[dict]:
         """The results of the document, whatever its command (the one list it holds)."""
         doc = self.json
-        (key,) = [k for k in doc if k not in ("schema", "error")]
+        (key,) = [k for k in doc if k not in ("schema", "error", "capture")]
         return doc[key]
 
     @property
