@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -100,12 +101,31 @@ class Collector:
 
 
 @pytest.fixture(scope="session")
-def collector(tmp_path_factory):
-    """The collector most tests share (a 256 KiB body limit, retention of 30 days), on a new
-    SQLite file, or on the database MAILPATH_TEST_DATABASE_URL names (e.g. a PostgreSQL on
-    127.0.0.1: the tests name their agents and targets uniquely, so a used database is fine)."""
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database for the session: the one MAILPATH_TEST_DATABASE_URL names, else a
+    new database on a PostgreSQL server started for the session (:mod:`tests.pgcluster`:
+    initdb into a temporary folder, 127.0.0.1 and a free port), stopped at the end."""
+    given = os.environ.get("MAILPATH_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    from tests.pgcluster import PostgresCluster
+
+    with PostgresCluster() as cluster:
+        yield cluster.create_database("mailpath_tests")
+
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def collector(request, tmp_path_factory):
+    """The collector most tests share (a 256 KiB body limit, retention of 30 days), once on a
+    new SQLite file and once on PostgreSQL (:func:`postgres_url`): every test that takes it
+    runs on both. The tests name their agents and targets uniquely, so a used database is fine."""
     server = Collector(tmp_path_factory.mktemp("collector"), body_limit="262144")
-    server.database = os.environ.get("MAILPATH_TEST_DATABASE_URL") or server.database
+    if request.param == "postgresql":
+        server.database = request.getfixturevalue("postgres_url")
     try:
         yield server.start()
     finally:

@@ -3,8 +3,6 @@ applying them again changes nothing."""
 
 from __future__ import annotations
 
-import os
-
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from mailpath.collector import migrate
@@ -12,10 +10,8 @@ from mailpath.collector.db import Base, make_engine
 from mailpath.collector.settings import normalize_database_url
 
 
-def test_the_migrations_build_the_models_schema(tmp_path):
-    urls = [f"sqlite:///{tmp_path}/schema.db"]
-    if os.environ.get("MAILPATH_TEST_DATABASE_URL"):
-        urls.append(normalize_database_url(os.environ["MAILPATH_TEST_DATABASE_URL"]))
+def test_the_migrations_build_the_models_schema(tmp_path, postgres_url):
+    urls = [f"sqlite:///{tmp_path}/schema.db", normalize_database_url(postgres_url)]
     heads, known = migrate.known_revisions()
     assert len(heads) == 1 and heads[0] in known
     for url in urls:
