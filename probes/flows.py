@@ -17,8 +17,9 @@ reset (and whether that RST was forged in the path, by the same hop rule).
 
 Memory is bounded whatever the capture's size: at most ``Limits.table`` attempts are followed
 at once (the least recently active is closed first), an attempt idle for ``Limits.idle``
-seconds of capture time is closed, only the first ``Limits.smtp_bytes`` of each direction are
-read, and past ``Limits.listed`` attempts the rest are counted by verdict, not listed.
+seconds of capture time is closed, a conversation keeps at most a line of text and a few
+segments that came early per direction (a message's body is only scanned for its end), and
+past ``Limits.listed`` attempts the rest are counted by verdict, not listed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class Limits:
     table: int = 16384  # attempts followed at once
     idle: float = 300.0  # seconds of capture time without a packet before an attempt is closed
     listed: int = 100_000  # attempts reported one by one; past it only counted
-    smtp_bytes: int = 65536  # bytes of each direction of a conversation read at most
 
 
 # -- the SMTP conversation -----------------------------------------------------------------------
@@ -103,13 +103,11 @@ class Stop:
 class _Stream:
     """One direction's bytes in order, from segments that may repeat, overlap or come early."""
 
-    __slots__ = ("gap", "limit", "next", "pending", "retransmissions", "taken")
+    __slots__ = ("gap", "next", "pending", "retransmissions")
 
-    def __init__(self, isn: int, limit: int) -> None:
+    def __init__(self, isn: int) -> None:
         self.next = (isn + 1) & 0xFFFFFFFF
         self.pending: dict[int, bytes] = {}
-        self.limit = limit
-        self.taken = 0
         self.retransmissions = 0
         self.gap = False  # the capture misses bytes: what follows cannot be read
 
@@ -139,9 +137,7 @@ class _Stream:
                 break
             out += more
             self.next = (self.next + len(more)) & 0xFFFFFFFF
-        room = self.limit - self.taken
-        self.taken += len(out)
-        return out[: max(room, 0)]
+        return out
 
 
 def _tls_record(data: bytes) -> tuple[int, int] | None:
@@ -167,6 +163,7 @@ class Smtp:
     _pending: list[str] = field(default_factory=list)  # commands awaiting a reply
     _client: bytes = b""  # a client line not yet complete
     _in_data: bool = False  # the client sends the message: lines are not commands
+    _tail: bytes = b""  # the message's last bytes, where its end (CRLF.CRLF) may begin
     _auth: bool = False  # the client answers an AUTH challenge: lines are not commands
     _tls_wait: bool = False  # STARTTLS accepted (or implicit TLS): the handshake is next
     _client_hello: bool = False
@@ -214,11 +211,19 @@ class Smtp:
             elif not self._client_hello:
                 self._stop("tls-handshake", "the client did not start TLS: it went on in clear text")
             return
+        if self._in_data:
+            data = self._body(data)
+            if not data:
+                return
         self._client += data
         while not self.done and (end := self._client.find(b"\n")) != -1:
             line = self._client[:end].rstrip(b"\r").decode("utf-8", "replace")
             self._client = self._client[end + 1 :]
             self._line(line)
+            if self._in_data and self._client:  # the message follows the DATA line
+                rest, self._client = self._client, b""
+                self.client(rest)
+                return
             if self._tls_wait:  # the handshake follows in the same segment (pipelined)
                 rest, self._client = self._client, b""
                 if rest:
@@ -227,12 +232,18 @@ class Smtp:
         if len(self._client) > 4096:
             self._client = self._client[-4096:]
 
+    def _body(self, data: bytes) -> bytes:
+        """Scan the message for its end; what follows it (the next commands), if any."""
+        buf = self._tail + data
+        end = buf.find(b"\r\n.\r\n")
+        if end == -1:
+            self._tail = buf[-4:]
+            return b""
+        self._in_data, self._tail = False, b""
+        self._pending.append(".")
+        return buf[end + 5 :]
+
     def _line(self, line: str) -> None:
-        if self._in_data:
-            if line == ".":
-                self._in_data = False
-                self._pending.append(".")
-            return
         if self._auth:
             self._auth = False
             return
@@ -278,7 +289,7 @@ class Smtp:
                 self._stop("rcpt", f"RCPT TO answered {reply}")
         elif verb == "DATA":
             if code == 354:
-                self._in_data = True
+                self._in_data, self._tail = True, b"\r\n"  # the CRLF that ended the DATA line
             elif code >= 400:
                 self._stop("data", f"DATA answered {reply}")
         elif verb == ".":
@@ -543,9 +554,9 @@ class Flows:
         stream = a.streams.get(from_server)
         if stream is None:
             isn = a.server_isn if from_server else a.client_isn
-            stream = a.streams[from_server] = _Stream(isn, self.limits.smtp_bytes)
-        if a.smtp.done and stream.taken >= self.limits.smtp_bytes:
-            return
+            stream = a.streams[from_server] = _Stream(isn)
+        if a.smtp.done:
+            return  # its stop is known: the rest is not read
         if cut:
             a.truncated = True
         fresh = stream.add(tcp.seq, data)
