@@ -25,6 +25,7 @@ bench: deps
 	$(PY) -m bench.trace_vs_traceroute
 	$(PY) -m bench.diagnose_vs_separate
 	$(PY) -m bench.startup
+	$(PY) -m bench.pcap_vs_tshark
 
 deps: apt $(VENV)/.installed
 
