@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from mailpath.agent.cli.common import JsonOpt, PortsOpt, command, finish
+from mailpath.agent.cli.common import JsonOpt, command, finish
 
 MAX_ROWS = 40  # more attempts than this: grouped, as probe groups its ports
 
@@ -13,7 +13,15 @@ MAX_ROWS = 40  # more attempts than this: grouped, as probe groups its ports
 @command("pcap")
 def pcap(
     file: Annotated[str, typer.Argument(metavar="FILE", help="A pcap or pcapng capture (gzipped too).")],
-    port: PortsOpt = None,
+    port: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-p",
+            "--port",
+            help="Mail ports whose connection attempts to report: 25,465,587 or 2525-2530 "
+            "(repeatable). Default 25,465,587.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Read a capture (tcpdump, Wireshark) and say what happened to each connection attempt
