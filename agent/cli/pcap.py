@@ -28,8 +28,7 @@ def pcap(
     to a mail port, in the words of probe: open, refused, reset-in-path, rejected,
     unreachable or filtered; and, for clear-text SMTP, where the conversation stopped.
 
-    Link types: Ethernet, Linux cooked (SLL, SLL2), raw IP, loopback. Hops count from where
-    the capture was taken."""
+    Link types: Ethernet, Linux cooked (SLL, SLL2), raw IP, loopback; hops count from the capture."""
     from mailpath.agent.targets import parse_ports
     from mailpath.probes.errors import InputError
     from mailpath.probes.pcapfile import read
