@@ -1,6 +1,7 @@
 """Send findings to a collector: ``POST /v1/findings`` with the document ``diagnose --json``
-prints, gzip-compressed, with a bearer token. The one-shot path of ``diagnose --report``; the
-agent daemon delivers through its spool with retries on top of :func:`post_findings`."""
+prints, gzip-compressed, with a bearer token. The one-shot path of ``diagnose --report`` is
+:func:`post_findings`; the agent daemon delivers through its spool with retries on top of
+:func:`post_findings_async` (same body, same headers, same :class:`Answer`)."""
 
 from __future__ import annotations
 
@@ -47,16 +48,11 @@ def post_findings(
     client=None,
 ) -> Answer:
     """POST one batch; connection errors and timeouts raise DependencyFailed. ``client``: an
-    httpx.Client to reuse (the daemon's), else one is made for this call."""
+    httpx.Client to reuse, else one is made for this call."""
     import httpx
 
-    body = gzip.compress(json.dumps(envelope("diagnose", findings)).encode())
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Content-Type": "application/json",
-        "Content-Encoding": "gzip",
-    }
-    endpoint = url.rstrip("/") + "/v1/findings"
+    body, headers = encode_batch(findings, token)
+    endpoint = findings_endpoint(url)
     try:
         if client is not None:
             r = client.post(endpoint, content=body, headers=headers, timeout=timeout)
@@ -65,6 +61,43 @@ def post_findings(
                 r = c.post(endpoint, content=body, headers=headers)
     except httpx.HTTPError as e:
         raise DependencyFailed(f"could not reach the collector at {url}: {type(e).__name__}: {e}") from None
+    return answer_of(r)
+
+
+async def post_findings_async(
+    url: str, token: str, findings: list[dict], *, client, timeout: float
+) -> Answer:
+    """POST one batch with an ``httpx.AsyncClient``. Connection errors and timeouts raise
+    DependencyFailed whose ``__cause__`` is httpx's exception (the caller tells a timeout from
+    a refused connection by it); any answer, whatever its status, is returned."""
+    import httpx
+
+    body, headers = encode_batch(findings, token)
+    try:
+        r = await client.post(findings_endpoint(url), content=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as e:
+        raise DependencyFailed(f"could not reach the collector at {url}: {type(e).__name__}: {e}") from e
+    return answer_of(r)
+
+
+def findings_endpoint(url: str) -> str:
+    return url.rstrip("/") + "/v1/findings"
+
+
+def encode_batch(findings: list[dict], token: str) -> tuple[bytes, dict[str, str]]:
+    """The body (the ``diagnose --json`` document, gzipped) and headers of one batch."""
+    body = gzip.compress(json.dumps(envelope("diagnose", findings)).encode(), compresslevel=6)
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    return body, headers
+
+
+def answer_of(r) -> Answer:
+    """An httpx response as an :class:`Answer` (a body that is not a JSON object is put under
+    ``detail``)."""
     try:
         payload = r.json()
     except ValueError:
