@@ -55,7 +55,9 @@ class FindingBatch(BaseModel):
     """What ``POST /v1/findings`` takes: the document ``mailpath diagnose --json`` prints."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    schema_: Literal["mailpath.diagnose/v1"] | None = Field(None, alias="schema")
+    schema_: Literal["mailpath.diagnose/v1"] = Field(
+        "mailpath.diagnose/v1", alias="schema", description="May be left out; when given, this value."
+    )
     findings: list[Finding]
     error: dict[str, Any] | None = None  # ignored: a run that failed still sends what it found
 
@@ -189,7 +191,11 @@ router = APIRouter()
 BATCH_BODY = {
     "requestBody": {
         "required": True,
-        "description": "The document `mailpath diagnose --json` prints; `Content-Encoding: gzip` accepted.",
+        "description": (
+            "The document `mailpath diagnose --json` prints; `Content-Encoding: gzip` accepted. "
+            "Besides the schema: no string may hold a NUL (U+0000) or an unpaired surrogate, and "
+            "each created_at must be a time within years 1-9999 in UTC too (else 422)."
+        ),
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FindingBatch"}}},
     }
 }

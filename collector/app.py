@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from mailpath.collector import api, migrate, queries
+from mailpath.collector import api, ingest, migrate, queries
 from mailpath.collector.db import make_engine, write_session
 from mailpath.collector.metrics import Metrics, MetricsMiddleware
 from mailpath.collector.settings import CollectorSettings
@@ -122,6 +122,8 @@ def _openapi(app: FastAPI) -> dict:
     for name, schema in batch.pop("$defs", {}).items():
         schemas.setdefault(name, schema)
     schemas["FindingBatch"] = batch
+    # what the collector stores: a host name's length (the agent's model leaves it open)
+    schemas["Finding"]["properties"]["target"]["maxLength"] = ingest.MAX_TARGET
     app.openapi_schema = doc
     return doc
 
