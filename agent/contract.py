@@ -296,6 +296,72 @@ class PcapFile(_Model):
     truncated: str | None
 
 
+# -- agent status --------------------------------------------------------------------------
+
+
+class SpoolState(_Model):
+    """The agent's spool file and its counts."""
+
+    path: str
+    pending: int  # findings not yet delivered to every sink
+    dead: int  # dead letters kept (a sink refused them for good)
+    dropped: int  # findings let go by the spool's bounds or a full disk, ever
+
+
+class LastRound(_Model):
+    """The latest round, as the daemon saved it at its end."""
+
+    number: int
+    started_at: str
+    seconds: float
+    targets: int
+    diagnosed: int
+    findings: int
+    problems: int  # findings whose cause is not none
+    sent: int  # findings spooled for delivery (report = changes: the new, changed and heartbeats)
+    sent_why: dict[str, int]  # new, changed, heartbeat, all -> findings
+    errors: list[str]  # "target: why", one per target that could not be diagnosed
+    cloud_error: str | None
+    interrupted: bool
+    spool_error: str | None
+
+
+class Delivered(_Model):
+    at: str
+    findings: int
+
+
+class Failed(_Model):
+    at: str
+    reason: str  # connect, timeout, tls, http-503...
+
+
+class SinkDelivery(_Model):
+    """One sink: its latest acknowledged batch and its latest failed attempt."""
+
+    delivered: Delivered | None = None
+    failed: Failed | None = None
+
+
+class DeadLetterItem(_Model):
+    """A finding a sink refused for good, with its reason."""
+
+    finding_id: str
+    sink: str
+    reason: str
+    at: str
+    target: str | None
+    port: int | None
+
+
+class AgentStatus(_Model):
+    """What ``agent status`` adds to the envelope (its list is the dead letters)."""
+
+    spool: SpoolState
+    last_round: LastRound | None
+    last_delivery: dict[str, SinkDelivery] | None
+
+
 # -- the documents -------------------------------------------------------------------------
 
 ITEMS: dict[str, type[BaseModel]] = {
@@ -306,6 +372,7 @@ ITEMS: dict[str, type[BaseModel]] = {
     "cloud": CloudEvaluation,
     "diagnose": Finding,
     "pcap": PcapConnection,
+    "agent-status": DeadLetterItem,
 }
 
 
@@ -330,10 +397,14 @@ def document_schema(command: str) -> dict:
     elif command == "pcap":
         defs["PcapFile"] = PcapFile.model_json_schema()
         properties["capture"] = {"$ref": "#/$defs/PcapFile"}
+    elif command == "agent-status":
+        status = AgentStatus.model_json_schema()
+        defs.update(status.pop("$defs", {}))
+        properties.update(status["properties"])
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://mailpath.invalid/schema/{command}-v1.json",
-        "title": f"mailpath {command} --json",
+        "title": f"mailpath {command.replace('-', ' ')} --json",
         "type": "object",
         "additionalProperties": False,
         "required": ["schema", key],

@@ -17,6 +17,7 @@ DOCUMENTS: dict[str, tuple[str, str]] = {
     "cloud": ("mailpath.cloud/v1", "evaluations"),
     "diagnose": ("mailpath.diagnose/v1", "findings"),
     "pcap": ("mailpath.pcap/v1", "connections"),
+    "agent-status": ("mailpath.agent-status/v1", "dead_letters"),  # mailpath agent status
 }
 
 

@@ -7,8 +7,8 @@ of the imports below (the order of the workflow), which is why they are not sort
 
 from __future__ import annotations
 
-from mailpath.agent.cli import probe, trace, dns, smtp, diagnose, cloud, collector, pcap
+from mailpath.agent.cli import probe, trace, dns, smtp, diagnose, cloud, collector, agent, pcap
 from mailpath.agent.cli.common import app, main
 
 
-__all__ = ["app", "cloud", "collector", "diagnose", "dns", "main", "pcap", "probe", "smtp", "trace"]
+__all__ = ["agent", "app", "cloud", "collector", "diagnose", "dns", "main", "pcap", "probe", "smtp", "trace"]
