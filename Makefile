@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 iptables nmap dnsmasq-base traceroute iputils-ping procps util-linux openssl exim4-daemon-light tcpdump systemd prometheus libcap2-bin postgresql
+APT_PACKAGES := iproute2 iptables nmap dnsmasq-base traceroute iputils-ping procps util-linux openssl exim4-daemon-light tcpdump systemd prometheus libcap2-bin postgresql chromium chromium-driver
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: demo test lint bench deps apt clean

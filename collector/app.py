@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from mailpath.collector import api, ingest, migrate, queries
+from mailpath.collector.dashboard import routes as dashboard
 from mailpath.collector.db import make_engine, write_session
 from mailpath.collector.metrics import Metrics, MetricsMiddleware
 from mailpath.collector.settings import CollectorSettings
@@ -70,9 +71,12 @@ def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: b
         version=API_VERSION,
         summary="Findings from mailpath agents: ingest, query, latest state per target.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN: the document is /openapi.json
+        redoc_url=None,
     )
     app.state.collector = Collector(settings, engine, metrics)
     app.include_router(api.router)
+    dashboard.install(app)  # the HTML pages, /static, and the security headers on every response
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _errors_as_json(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -43,7 +43,11 @@ def _expected_files() -> set[str]:
             published = path.suffix == ".json" and (
                 "schema" in rel.parts or rel.as_posix() == "collector/openapi.json"
             )
-            if path.suffix == ".py" or published:
+            dashboard = rel.parts[:2] == ("collector", "dashboard") and (
+                (rel.parts[2:3] == ("templates",) and path.suffix == ".html")
+                or (rel.parts[2:3] == ("static",) and path.suffix in (".css", ".svg"))
+            )
+            if path.suffix == ".py" or published or dashboard:
                 want.add(f"mailpath/{rel.as_posix()}")
     return want
 
