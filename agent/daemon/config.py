@@ -316,7 +316,7 @@ class AgentConfig(BaseSettings):
 # -- loading -------------------------------------------------------------------------------------
 
 
-def load(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+def load(path: str | Path) -> AgentConfig:
     """The configuration in ``path`` with the environment's overrides; :class:`ConfigError`
     (one line per problem) when it cannot be used."""
     path = Path(path)
@@ -332,14 +332,15 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentCon
     try:
         return AgentConfig(**data)
     except ValidationError as e:
-        raise ConfigError(problems(path, e, os.environ if environ is None else environ)) from None
+        raise ConfigError(problems(path, e, os.environ)) from None
 
 
-HINTS = {  # unknown keys people write, and where the thing goes
-    "smtp_password": "passwords go in smtp_password_file or smtp_password_env",
-    "password": "passwords go in smtp_password_file or smtp_password_env",
-    "token": "the token goes in a file: token_file",
-    "port": "ports = [...]",
+HINTS = {  # (section, unknown key) people write -> where the thing goes
+    ("targets", "smtp_password"): "passwords go in smtp_password_file or smtp_password_env",
+    ("targets", "password"): "passwords go in smtp_password_file or smtp_password_env",
+    ("targets", "port"): "ports = [...]",
+    ("collector", "token"): "the token goes in a file: token_file",
+    ("metrics", "port"): 'listen = "ADDRESS:PORT"',
 }
 
 
@@ -352,7 +353,7 @@ def problems(path: Path, error: ValidationError, environ: Mapping[str, str]) -> 
         loc = e["loc"]
         key = dotted(loc)
         if e["type"] == "extra_forbidden":
-            hint = HINTS.get(str(loc[-1])) if loc else None
+            hint = HINTS.get((str(loc[0]), str(loc[-1]))) if loc else None
             what = "unknown key" + (f" ({hint})" if hint else "")
         elif e["type"] == "missing":
             what = "missing (required)"
