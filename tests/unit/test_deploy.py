@@ -198,3 +198,36 @@ def test_the_kubernetes_scrape_job_keeps_annotated_pods_only():
     (job,) = yaml.safe_load((PROMETHEUS / "kubernetes-scrape.yml").read_text())["scrape_configs"]
     keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
     assert keep and keep[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+
+
+def test_every_metric_the_rules_name_is_one_mailpath_exposes():
+    """The rules' metric names against the real expositions of the agent (with a target, a
+    certificate and a spool) and of the collector."""
+    import datetime as dt
+
+    from mailpath.agent.daemon.metrics import Metrics as AgentMetrics
+    from mailpath.agent.daemon.rounds import PortFacts
+    from mailpath.collector.metrics import Metrics as CollectorMetrics
+    from prometheus_client import generate_latest
+
+    agent = AgentMetrics()
+    fact = PortFacts("mx.example.test", 25, "none", "info", {"open": 1}, 0.01, 2e9)
+    agent.target_done("example.test", [fact], None)
+    agent.dropped(1)
+
+    class Spool:
+        def counts(self):
+            return type("Counts", (), {"pending": 1, "dead": 0, "dropped": 1})()
+
+    agent.watch_spool(Spool())
+    collector = CollectorMetrics(lambda: ({"none": 1}, {"web-1": dt.datetime.now(dt.UTC)}))
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for registry in (agent.registry, collector.registry)
+        for line in generate_latest(registry).decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    rules = (PROMETHEUS / "mailpath-rules.yml").read_text()
+    named = set(re.findall(r"\bmailpath_[a-z_]+", rules)) - {"mailpath_agent", "mailpath_collector"}
+    assert named, "no metric found in the rules"
+    assert named <= exposed, f"named in the rules but not exposed: {sorted(named - exposed)}"
