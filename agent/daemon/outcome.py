@@ -89,14 +89,14 @@ def classify(status: int, body: dict, retry_after: float | None, size: int) -> O
         return TooLarge(_reason(status, code, detail))
     if status in HOLD_STATUSES:
         return Hold(f"http-{status}", f"{status} {detail}".strip())
+    if not 400 <= status < 500:  # 1xx, 3xx (redirects are not followed): tried again later
+        return Retry(f"http-{status}", f"unexpected status {status} {detail}".strip(), retry_after)
     index = body.get("index")
     if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < size:
         return Refused(index, _reason(status, code, detail))
     if code == "unknown-schema":  # the whole document's schema: a collector of another version
         return Hold(f"http-{status}", f"{status} {detail}".strip())
-    if 400 <= status < 500:
-        return Refused(None, _reason(status, code, detail))
-    return Retry(f"http-{status}", f"unexpected status {status} {detail}".strip(), retry_after)
+    return Refused(None, _reason(status, code, detail))
 
 
 def _text(value: object) -> str:
