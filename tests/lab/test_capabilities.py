@@ -6,6 +6,8 @@ what that cannot tell apart. Also: a permitted-only file capability (the contain
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -110,3 +112,33 @@ def test_a_permitted_only_file_capability_is_raised_by_mailpath(lab, tmp_path, n
     r = lab.exec("client", argv, check=False, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "True", "True"]
+
+
+def test_an_agent_round_as_nobody_with_only_net_raw(blocked, tmp_path):
+    """`mailpath agent once` as nobody holding only CAP_NET_RAW: raw-socket verdicts in its
+    findings (a forged RST placed at hop 1), the spool in a folder of its own."""
+    state = Path(tempfile.mkdtemp(prefix="mailpath-agent-"))
+    try:
+        os.chown(state, unprivileged.NOBODY, unprivileged.NOBODY)
+        config = state / "agent.toml"
+        config.write_text(
+            f'spool_dir = "{state / "spool"}"\n'
+            'agent_name = "nobody-agent"\n'
+            "[[targets]]\n"
+            'target = "198.18.3.2"\n'
+            "ports = [25, 27]\n"
+            "[probe]\ntimeout = 0.5\nretries = 1\nsmtp_timeout = 2\n"
+            '[cloud]\ncheck = "off"\n'
+            "[stdout]\nenabled = true\n"
+        )
+        config.chmod(0o644)
+        run = run_as_nobody(blocked, tmp_path, ["agent", "once", "--config", str(config)], net_raw=True)
+        assert run.code == 0, run.stderr
+        findings = {f["port"]: f for f in map(json.loads, run.stdout.splitlines())}
+        assert findings[25]["cause"] in ("none", "service")  # a listener, not an SMTP server
+        (address,) = findings[27]["addresses"]
+        assert address["verdict"] == "reset-in-path" and address["method"] == "raw", address
+        assert findings[27]["location"]["hop"] == 1
+        assert (state / "spool").stat().st_uid == unprivileged.NOBODY
+    finally:
+        shutil.rmtree(state)
