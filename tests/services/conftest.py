@@ -39,13 +39,14 @@ class Collector:
         self.log_path = folder / "collector.log"
         self.env = clean_env(**{f"MAILPATH_COLLECTOR_{k.upper()}": v for k, v in settings.items()})
         self.proc: subprocess.Popen | None = None
+        self.listen = "127.0.0.1:0"  # a fixed port when a test needs one (an agent's URL set before)
         self.url = ""
         self.tokens: list[str] = []  # every token made for this collector by token()
 
     def start(self, timeout: float = 30) -> Collector:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [MAILPATH, "collector", "serve", "--database", self.database, "--listen", "127.0.0.1:0"],
+            [MAILPATH, "collector", "serve", "--database", self.database, "--listen", self.listen],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
