@@ -37,11 +37,15 @@ def opened(settings: CollectorSettings) -> Iterator[Engine]:
         engine.dispose()
 
 
-def create_token(settings: CollectorSettings, agent: str, role: str) -> tuple[str, auth.TokenInfo]:
+def create_token(
+    settings: CollectorSettings, agent: str, role: str, *, fleet: bool = False
+) -> tuple[str, auth.TokenInfo]:
     auth.check_name(agent)
     auth.check_role(role)
+    if fleet and role != "agent":
+        raise ConfigError("only an agent token can be a fleet token")
     with opened(settings) as engine, write_session(engine) as session:
-        return auth.create_token(session, agent, role)
+        return auth.create_token(session, agent, role, fleet=fleet)
 
 
 def list_tokens(settings: CollectorSettings) -> list[auth.TokenInfo]:

@@ -218,12 +218,28 @@ async def post_findings(request: Request, principal: Sender) -> Any:
     try:
         body = await ingest.read_body(request.stream(), headers.get("content-length"), limit)
         findings = await run_in_threadpool(_decode_and_parse, body, headers, limit)
+        agent = _sending_agent(principal, findings)
     except ingest.Rejected as rejected:
         state.metrics.rejected.labels(rejected.reason).inc()
         return JSONResponse(rejected.body(), status_code=rejected.status)
-    new = await run_in_threadpool(_store, state.engine, principal.agent, findings)
+    if agent is None:  # an empty batch from a fleet token: no host to name
+        return IngestResult(accepted=0, new=0)
+    new = await run_in_threadpool(_store, state.engine, agent, findings)
     state.metrics.ingested.inc(new)
     return IngestResult(accepted=len({f.id for f in findings}), new=new)
+
+
+def _sending_agent(principal: auth.Principal, findings: list[Finding]) -> str | None:
+    """The agent a batch is stored under: the token's, or for a fleet token the sending host's
+    (``HOSTNAME@FLEET``; None for an empty batch)."""
+    if not principal.fleet:
+        return principal.agent
+    if not findings:
+        return None
+    try:
+        return auth.fleet_agent(principal.agent, {f.agent.hostname for f in findings})
+    except ValueError as e:
+        raise ingest.Rejected(422, "wrong-host", str(e)) from None
 
 
 def _decode_and_parse(body: bytes, headers, limit: int) -> list[Finding]:

@@ -34,11 +34,13 @@ MAX_TOKEN = 256  # longer than any token we issue: not even hashed
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request is: the token's id, name (the agent's) and role."""
+    """Who a request is: the token's id, name (the agent's) and role; ``fleet``: the token is
+    shared by many hosts, and each host reports as the agent :func:`fleet_agent` names."""
 
     token_id: int
     agent: str
     role: str
+    fleet: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class TokenInfo:
     role: str
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    fleet: bool = False
 
     def to_json_dict(self) -> dict:
         return {
@@ -58,6 +61,7 @@ class TokenInfo:
             "prefix": self.prefix,
             "agent": self.agent,
             "role": self.role,
+            "fleet": self.fleet,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
         }
@@ -68,7 +72,7 @@ def token_hash(token: str) -> str:
 
 
 def _info(row: TokenRow) -> TokenInfo:
-    return TokenInfo(row.id, row.prefix, row.agent, row.role, row.created_at, row.revoked_at)
+    return TokenInfo(row.id, row.prefix, row.agent, row.role, row.created_at, row.revoked_at, bool(row.fleet))
 
 
 def check_name(name: str) -> str:
@@ -86,18 +90,28 @@ def check_role(role: str) -> str:
     return role
 
 
-def create_token(session: Session, agent: str, role: str = "agent") -> tuple[str, TokenInfo]:
+def create_token(
+    session: Session, agent: str, role: str = "agent", *, fleet: bool = False
+) -> tuple[str, TokenInfo]:
     """A new token for ``agent`` with ``role``: (the token, shown once, and its record). An
-    agent token also registers the agent, so it is listed before it first reports."""
+    agent token also registers the agent, so it is listed before it first reports; a fleet
+    token (agents only) registers nothing: its hosts appear as they report."""
     check_name(agent)
     check_role(role)
+    if fleet and role != "agent":
+        raise ConfigError("only an agent token can be a fleet token")
     now = utcnow()
-    if role == "agent" and session.get(AgentRow, agent) is None:
+    if role == "agent" and not fleet and session.get(AgentRow, agent) is None:
         session.add(AgentRow(name=agent, created_at=now))
     for _ in range(5):  # a prefix collision is a 1 in 2**48 event; try again rather than fail
         token = TOKEN_MARK + secrets.token_urlsafe(32)
         row = TokenRow(
-            prefix=token[:PREFIX_LENGTH], hash=token_hash(token), agent=agent, role=role, created_at=now
+            prefix=token[:PREFIX_LENGTH],
+            hash=token_hash(token),
+            agent=agent,
+            role=role,
+            fleet=fleet,
+            created_at=now,
         )
         try:
             with session.begin_nested():
@@ -148,7 +162,27 @@ def authenticate(session: Session, token: str) -> Principal | None:
     ).first()
     if row is None or not secrets.compare_digest(row.hash, token_hash(token)):
         return None
-    return Principal(row.id, row.agent, row.role)
+    return Principal(row.id, row.agent, row.role, bool(row.fleet))
+
+
+HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def fleet_agent(fleet: str, hostnames: set[str]) -> str:
+    """The agent a fleet token's batch is stored under: ``HOSTNAME@FLEET``, from the one host
+    name its findings carry (``agent.hostname``). ValueError says why a batch cannot be
+    placed: several host names, or one that is not a host name or makes the name too long."""
+    if len(hostnames) != 1:
+        raise ValueError(f"a fleet token's batch comes from one host; this one names {len(hostnames)}")
+    (hostname,) = hostnames
+    name = f"{hostname.lower()}@{fleet}"
+    if not HOSTNAME.fullmatch(hostname) or len(name) > 128:
+        raise ValueError(
+            f"agent.hostname {hostname[:80]!r} is not a host name (or is too long) for a fleet token"
+        )
+    return name
 
 
 def bearer_token(authorization: str | None, cookie: str | None) -> str | None:

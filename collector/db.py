@@ -4,7 +4,8 @@ Tables (created by the Alembic migrations in ``migrations/``, never by ``create_
 
 - ``agents``: one row per agent name (made when its token is created or it first reports):
   when it was last seen, and the version, host name and cloud identity of its newest finding.
-- ``tokens``: bearer tokens, stored as the SHA-256 of the token (tokens are 32 random bytes,
+- ``tokens``: bearer tokens (``fleet``: one token shared by many hosts, each stored as its own
+  agent ``HOSTNAME@NAME``), stored as the SHA-256 of the token (tokens are 32 random bytes,
   so a fast hash is enough) with a short non-secret prefix to list and revoke them by.
 - ``findings``: every finding received, keyed by its own id (so a redelivery stores nothing
   twice), with the columns the API filters on and the whole finding as JSON.
@@ -27,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Engine,
@@ -39,6 +41,7 @@ from sqlalchemy import (
     Uuid,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
@@ -110,6 +113,8 @@ class TokenRow(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     agent: Mapped[str] = mapped_column(String(128), index=True)  # the agent's (or viewer's) name
     role: Mapped[str] = mapped_column(String(16))
+    # a fleet token's findings are stored under "HOSTNAME@AGENT", one agent per sending host
+    fleet: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 

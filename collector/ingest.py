@@ -40,7 +40,7 @@ class Rejected(Exception):
 
     status: int
     reason: str  # too-large, bad-encoding, unsupported-media-type, malformed-json, not-a-batch,
-    # unknown-schema, schema-violation (also the label of findings_rejected_total)
+    # unknown-schema, schema-violation, wrong-host (also the label of findings_rejected_total)
     detail: str
     index: int | None = None
     errors: list[dict] | None = None

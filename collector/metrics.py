@@ -5,7 +5,7 @@
   e.g. ``/v1/findings/{finding_id}``, or ``unmatched``);
 - ``mailpath_collector_findings_ingested_total``: findings stored (new ones only);
 - ``mailpath_collector_findings_rejected_total{reason}``: ``POST /v1/findings`` batches refused,
-  by reason (too-large, bad-encoding, unsupported-media-type, malformed-json, not-a-batch,
+  by reason (too-large, bad-encoding, unsupported-media-type, malformed-json, not-a-batch, wrong-host,
   unknown-schema, schema-violation, unauthorized, forbidden);
 - ``mailpath_collector_latest_states{cause}``: targets (agent × target × port) whose latest
   finding has this cause, counted in the database at each scrape;

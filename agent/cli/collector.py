@@ -119,22 +119,32 @@ def token_create(
     role: Annotated[
         Role, typer.Option(case_sensitive=False, help="agent: sends findings and reads; viewer: reads.")
     ] = Role.agent,
+    fleet: Annotated[
+        bool,
+        typer.Option(
+            "--fleet",
+            help="One agent token for many hosts (a DaemonSet): each host's findings are stored "
+            "under the agent HOSTNAME@NAME, from the host name they carry.",
+        ),
+    ] = False,
     database: DatabaseOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a token and print it, once: only its hash is kept.
 
     The token alone goes to stdout (`... > token-file` stores it); what it is goes to stderr.
-    With --json: {"token", "agent", "role"}."""
+    With --json: {"token", "agent", "role", "fleet"}."""
     from mailpath.collector import admin
 
-    token, info = admin.create_token(admin.settings_for(database), agent, role.value)
+    token, info = admin.create_token(admin.settings_for(database), agent, role.value, fleet=fleet)
     if json_out:
-        print(json.dumps({"token": token, "agent": info.agent, "role": info.role}, indent=2))
+        doc = {"token": token, "agent": info.agent, "role": info.role, "fleet": info.fleet}
+        print(json.dumps(doc, indent=2))
         return
     print(token)
+    kind = f"fleet of agents *@{info.agent}" if info.fleet else f"{info.role} {info.agent!r}"
     print(
-        f"token {info.id} for {info.role} {info.agent!r}: shown once, store it now "
+        f"token {info.id} for {kind}: shown once, store it now "
         f"(revoke with: mailpath collector token revoke {info.prefix})",
         file=sys.stderr,
     )
@@ -153,8 +163,9 @@ def token_list(database: DatabaseOpt = None, json_out: JsonOpt = False) -> None:
     rows = [("ID", "PREFIX", "NAME", "ROLE", "CREATED", "REVOKED")]
     for t in tokens:
         revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M:%SZ") if t.revoked_at else "-"
+        role = f"{t.role} (fleet)" if t.fleet else t.role
         rows.append(
-            (str(t.id), t.prefix, t.agent, t.role, t.created_at.strftime("%Y-%m-%d %H:%M:%SZ"), revoked)
+            (str(t.id), t.prefix, t.agent, role, t.created_at.strftime("%Y-%m-%d %H:%M:%SZ"), revoked)
         )
     if len(rows) == 1:
         print("no tokens", file=sys.stderr)

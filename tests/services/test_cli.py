@@ -31,9 +31,8 @@ def test_tokens_through_the_cli(collector, name):
     made = _cli("token", "create", "--agent", name, "--json", *db)
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
-    assert (
-        set(created) == {"token", "agent", "role"} and created["agent"] == name and created["role"] == "agent"
-    )
+    assert set(created) == {"token", "agent", "role", "fleet"}
+    assert (created["agent"], created["role"], created["fleet"]) == (name, "agent", False)
     agent_token = created["token"]
     made = _cli("token", "create", "--agent", name + "-v", "--role", "viewer", *db)
     assert made.returncode == 0, made.stderr
