@@ -1,0 +1,125 @@
+"""The daemon in this process, on loopback, with the stdout sink: ``once``'s exit codes, what it
+keeps in the spool between runs, and a reload that is refused or taken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from mailpath.agent import diagnose as pipeline
+from mailpath.agent.daemon import runner
+from mailpath.agent.daemon.config import load
+from mailpath.agent.daemon.rounds import load_state
+from mailpath.agent.daemon.spool import Spool
+
+
+@pytest.fixture(autouse=True)
+def _no_mailpath_env(monkeypatch):
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("MAILPATH_"):
+            monkeypatch.delenv(k)
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def write(tmp_path: Path, ports: list[int], extra: str = "", name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f"""
+spool_dir = "{tmp_path / "spool"}"
+{extra}
+[probe]
+method = "connect"
+timeout = 0.3
+retries = 0
+min_wait = 0
+[cloud]
+check = "off"
+[[targets]]
+target = "127.0.0.1"
+ports = {ports}
+[stdout]
+enabled = true
+[metrics]
+listen = ""
+"""
+    )
+    return path
+
+
+def once(path: Path) -> int:
+    return asyncio.run(runner.Daemon(load(path), path).once())
+
+
+def test_once_delivers_to_stdout_and_keeps_what_it_sent(tmp_path, capsys):
+    port = closed_port()
+    path = write(tmp_path, [port])
+    assert once(path) == runner.OK
+    (line,) = capsys.readouterr().out.splitlines()
+    finding = json.loads(line)
+    assert (finding["port"], finding["cause"]) == (port, "service")
+    with Spool(tmp_path / "spool" / "spool.db", max_count=10, max_age=60) as s:
+        state = load_state(s.get_meta("sent"))
+        last = json.loads(s.get_meta("last_round"))
+        delivery = json.loads(s.get_meta("last_delivery"))
+        assert s.counts().pending == 0
+    assert len(state) == 1 and last["number"] == 1 and last["sent_why"] == {"new": 1}
+    assert delivery["stdout"]["delivered"]["findings"] == 1
+    assert once(path) == runner.OK  # unchanged: nothing sent, the round numbered on
+    assert capsys.readouterr().out == ""
+    with Spool(tmp_path / "spool" / "spool.db", max_count=10, max_age=60) as s:
+        assert json.loads(s.get_meta("last_round"))["number"] == 2
+
+
+def test_once_exits_3_when_no_target_could_be_diagnosed(tmp_path, monkeypatch):
+    async def measure(*args, **kw):
+        raise PermissionError("raw sockets need CAP_NET_RAW")
+
+    monkeypatch.setattr(pipeline, "measure", measure)
+    assert once(write(tmp_path, [closed_port()])) == runner.CANNOT_RUN
+
+
+def test_report_all_sends_every_finding_every_round(tmp_path, capsys):
+    path = write(tmp_path, [closed_port(), closed_port()], extra='report = "all"')
+    assert once(path) == once(path) == runner.OK
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_a_reload_keeps_the_old_configuration_when_the_new_one_is_bad_or_moves_the_spool(tmp_path, caplog):
+    path = write(tmp_path, [closed_port()])
+
+    async def scenario():
+        d = runner.Daemon(load(path), path)
+        d.open()
+        try:
+            old = d.config
+            path.write_text(path.read_text() + "bogus = 1\n")
+            assert await d._reload() is False and d.config is old
+            path.write_text(path.read_text().replace("bogus = 1\n", "").replace('/spool"', '/other"'))
+            assert await d._reload() is False and d.config is old
+            write(tmp_path, [closed_port()], extra="interval = 60")
+            assert await d._reload() is True and d.config.interval == 60
+        finally:
+            await d._close()
+        return d
+
+    with caplog.at_level("INFO", logger="mailpath"):
+        d = asyncio.run(scenario())
+    text = caplog.text
+    assert f"reload: {path}: metrics.bogus: unknown key" in text
+    assert "spool_dir cannot change while the agent runs" in text
+    assert "reload: 1 targets (1 ports), every 60 s" in text
+    values = {
+        s.labels["result"]: s.value
+        for s in d.metrics.reloads.collect()[0].samples
+        if s.name.endswith("_total")
+    }
+    assert values == {"failed": 2.0, "ok": 1.0}
