@@ -335,12 +335,8 @@ class Daemon:
         for d in decisions:
             if d.why == "changed":
                 before = json.loads(self.state[_key(d.finding)].signature)["cause"]
-                log.info(
-                    "  changed: %s",
-                    _cut(
-                        f"{d.finding['port']} on {d.finding['target']}: {before} -> {d.finding['headline']}"
-                    ),
-                )
+                for line in _change(d.finding, before):
+                    log.info("%s", line)
         self.state = after
         self._sent.update(d.why for d in decisions)
 
@@ -435,6 +431,13 @@ def _key(finding: dict) -> str:
     from mailpath.agent.daemon.rounds import finding_key
 
     return finding_key(finding)
+
+
+def _change(finding: dict, before: str) -> list[str]:
+    """``  changed: 25 on mx.example.com: none -> firewall``, then what the headline says."""
+    where = f"{finding['port']} on {finding['target']}"
+    summary = finding["headline"].removeprefix(f"{where}: ").rsplit(" — ", 1)[0]
+    return [f"  changed: {where}: {before} -> {finding['cause']}", _cut(f"    {summary}", 60)]
 
 
 def _cut(text: str, width: int = 100) -> str:

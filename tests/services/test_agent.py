@@ -253,7 +253,7 @@ def test_once_delivers_then_only_what_changed(collector, name, tmp_path, process
     server.stop()  # the SMTP server goes away: its port's finding changes
     r = mailpath("agent", "once", "--config", str(cfg))
     assert r.returncode == 0 and "2 sent" not in r.stderr and "1 sent (1 changed)" in r.stderr
-    assert f"changed: {smtp} on 127.0.0.1: none -> " in r.stderr
+    assert f"changed: {smtp} on 127.0.0.1: none -> service\n" in r.stderr
     after = stored(collector, token_file.read_text().strip(), name)
     assert by_port(after) == {smtp: ["none", "service"], closed: ["service"]}
     assert len({f["id"] for f in after}) == 3
