@@ -13,7 +13,7 @@ from mailpath.collector.db import AgentRow, FindingRow, LatestRow
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-MAX_STATES = 20_000  # cells of the matrix: a larger fleet is shown in part, and says so
+MAX_STATES = 10_000  # cells of the matrix: a larger fleet is shown in part, and says so
 MAX_AGENTS = 5_000
 MAX_HISTORY = 2_000  # findings of one target read for its history, the newest
 

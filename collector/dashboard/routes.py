@@ -31,10 +31,11 @@ routes is in the OpenAPI document: it describes the API.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Request
@@ -161,8 +162,10 @@ def _page(
     root = _root(request)
     now = utcnow()
 
+    quoted = functools.lru_cache(maxsize=None)(quote_plus)  # a matrix repeats its names
+
     def target_url(agent: str, target: str, port: int) -> str:
-        return f"{root}/target?" + urlencode({"agent": agent, "target": target, "port": port})
+        return f"{root}/target?agent={quoted(agent)}&target={quoted(target)}&port={int(port)}"
 
     def finding_url(finding_id: Any) -> str:
         return f"{root}/findings/{finding_id}"
