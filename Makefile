@@ -26,6 +26,7 @@ bench: deps
 	$(PY) -m bench.diagnose_vs_separate
 	$(PY) -m bench.startup
 	$(PY) -m bench.pcap_vs_tshark
+	$(PY) -m bench.agent_delivery
 
 deps: apt $(VENV)/.installed
 
