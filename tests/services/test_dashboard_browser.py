@@ -8,9 +8,10 @@ forged the RST marked, sign-out, a revoked token. Screenshots are saved to tests
 (``dashboard.png``: the fleet; ``dashboard-target.png``; ``dashboard-finding.png``).
 
 Chromium runs with the flags that keep it off the network (no background requests, no
-component updates, no sync) and a fresh profile in a temporary folder; it only ever loads
-http://127.0.0.1. Without /usr/bin/chromium the tests are skipped, except under CI, where the
-Makefile installs it and a missing browser is a failure.
+component updates, no sync, no proxy, and no host but 127.0.0.1 resolves) and a fresh profile
+in a temporary folder; it only ever loads http://127.0.0.1. Without /usr/bin/chromium the
+tests are skipped, except under CI, where the Makefile installs it and a missing browser is a
+failure.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ FLAGS = [
     "--disable-extensions",
     "--disable-dev-shm-usage",
     "--metrics-recording-only",
+    "--no-proxy-server",
+    # every host but 127.0.0.1 resolves to nothing: whatever chromium might still try goes nowhere
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--window-size=1400,1000",
 ]
 
