@@ -281,7 +281,9 @@ def store(session: Session, agent: str, findings: list[Finding], now: dt.datetim
             "received_at": now,
             "doc": f.to_json_dict(),
         }
-        for f in unique.values()
+        # in id order: two batches that share ids take their row locks in one order (PostgreSQL),
+        # so they queue instead of deadlocking
+        for f in sorted(unique.values(), key=lambda f: f.id)
     ]
     table = FindingRow.__table__
     statement = _insert(session, table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)

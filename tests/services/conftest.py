@@ -100,6 +100,21 @@ class Collector:
         self.tokens.append(token)
         return token
 
+    def agent_tokens(self, agents: list[str]) -> list[str]:
+        """A new agent token for each name, made in one transaction (for many agents at once)."""
+        from mailpath.collector import auth
+        from mailpath.collector.db import make_engine, write_session
+        from mailpath.collector.settings import normalize_database_url
+
+        engine = make_engine(normalize_database_url(self.database))
+        try:
+            with write_session(engine) as session:
+                tokens = [auth.create_token(session, agent)[0] for agent in agents]
+        finally:
+            engine.dispose()
+        self.tokens.extend(tokens)
+        return tokens
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
