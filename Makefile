@@ -27,6 +27,8 @@ bench: deps
 	$(PY) -m bench.startup
 	$(PY) -m bench.pcap_vs_tshark
 	$(PY) -m bench.agent_delivery
+	$(PY) -m bench.agent_idle
+	$(PY) -m bench.agent_round
 
 deps: apt $(VENV)/.installed
 
