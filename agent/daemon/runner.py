@@ -274,10 +274,12 @@ class Daemon:
                         "stopping: diagnoses still running after %g s are cancelled", self.config.stop_timeout
                     )
                     task.cancel()
-            results = await asyncio.gather(task, return_exceptions=True)
+            (result,) = await asyncio.gather(task, return_exceptions=True)
         finally:
             stopping.cancel()
-        return results[0] if isinstance(results[0], Round) else None
+        if isinstance(result, Exception):  # a bug: logged, and the daemon goes on with the next round
+            log.error("round %d failed: %s: %s", self.number, type(result).__name__, result, exc_info=result)
+        return result if isinstance(result, Round) else None
 
     async def _shutdown(self) -> None:
         c = self.config

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,11 @@ from mailpath.agent.daemon.config import load
 from mailpath.agent.daemon.rounds import load_state
 from mailpath.agent.daemon.spool import Spool
 
+from tests.conftest import MAILPATH
+
 
 @pytest.fixture(autouse=True)
 def _no_mailpath_env(monkeypatch):
-    import os
-
     for k in list(os.environ):
         if k.startswith("MAILPATH_"):
             monkeypatch.delenv(k)
@@ -123,3 +125,50 @@ def test_a_reload_keeps_the_old_configuration_when_the_new_one_is_bad_or_moves_t
         if s.name.endswith("_total")
     }
     assert values == {"failed": 2.0, "ok": 1.0}
+
+
+def test_run_exits_3_when_the_spool_or_the_metrics_address_cannot_be_had(tmp_path):
+    (tmp_path / "file").write_text("")
+    bad_spool = write(tmp_path, [closed_port()], name="spool.toml")
+    bad_spool.write_text(bad_spool.read_text().replace(str(tmp_path / "spool"), str(tmp_path / "file" / "x")))
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        busy = write(tmp_path, [closed_port()], name="busy.toml")
+        busy.write_text(
+            busy.read_text().replace('listen = ""', f'listen = "127.0.0.1:{taken.getsockname()[1]}"')
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPATH_")}
+        for path, message in (
+            (bad_spool, f"mailpath: error: cannot open the spool {tmp_path / 'file' / 'x' / 'spool.db'}: "),
+            (
+                busy,
+                f"mailpath: error: cannot listen on 127.0.0.1:{taken.getsockname()[1]} ([metrics] listen): ",
+            ),
+        ):
+            argv = [MAILPATH, "agent", "run", "--config", str(path)]
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+            assert r.returncode == 3 and r.stderr.startswith(message) and len(r.stderr.splitlines()) == 1, (
+                r.stderr
+            )
+    finally:
+        taken.close()
+
+
+def test_a_round_that_fails_is_logged_and_the_daemon_goes_on(tmp_path, monkeypatch, caplog):
+    def boom(*args, **kw):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(runner, "run_round", boom)
+    path = write(tmp_path, [closed_port()])
+
+    async def scenario():
+        d = runner.Daemon(load(path), path)
+        d.open()
+        try:
+            return await d._bounded_round()
+        finally:
+            await d._close()
+
+    with caplog.at_level("INFO", logger="mailpath"):
+        assert asyncio.run(scenario()) is None
+    assert "round 1 failed: RuntimeError: a bug" in caplog.text
