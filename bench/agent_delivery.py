@@ -9,7 +9,11 @@ acknowledgement (fsync); the baseline sends the same number of findings, in batc
 size, with ``post_findings_async`` only (no spool). Each step is bounded by ``--seconds``; the
 rate is what was delivered in the time taken.
 
-Usage: ``python -m bench.agent_delivery [--findings 20000] [--batch 100,500] [--seconds 60]``
+The spool is on the same disk as the collector's database unless ``--spool-dir`` says otherwise:
+on one machine the agent's fsyncs and the collector's wait for the same disk.
+
+Usage: ``python -m bench.agent_delivery [--findings 20000] [--batch 100,500] [--seconds 60]
+[--spool-dir DIR]``
 (``make bench``; needs no root and sends nothing off 127.0.0.1).
 """
 
@@ -86,6 +90,9 @@ def main() -> int:
     ap.add_argument("--findings", type=int, default=20_000, help="findings per run (default 20000)")
     ap.add_argument("--batch", default="100,500", help="batch sizes, comma-separated (default 100,500)")
     ap.add_argument("--seconds", type=float, default=60, help="time bound of each step (default 60)")
+    ap.add_argument(
+        "--spool-dir", type=Path, help="where the spool files go (default: beside the collector's)"
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,9 +105,8 @@ def main() -> int:
                 try:
                     docs = make_findings(args.findings, way)
                     if way == "spool":
-                        with Spool(
-                            folder / f"{way}{batch}" / "spool.db", max_count=10**7, max_age=86_400
-                        ) as sp:
+                        where = (args.spool_dir or folder / f"{way}{k}") / f"spool{k}.db"
+                        with Spool(where, max_count=10**7, max_age=86_400) as sp:
                             row["spooled_per_s"] = round(len(docs) / spool_them(sp, docs))
                             n, took = asyncio.run(
                                 through_the_spool(sp, collector.url, token_file, batch, args.seconds)
