@@ -12,7 +12,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -117,21 +116,45 @@ class Collector:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A PostgreSQL database for the session: the one MAILPATH_TEST_DATABASE_URL names, else a
-    new database on a PostgreSQL server started for the session (:mod:`tests.pgcluster`:
-    initdb into a temporary folder, 127.0.0.1 and a free port), stopped at the end."""
-    given = os.environ.get("MAILPATH_TEST_DATABASE_URL")
-    if given:
-        yield given
+def postgres_cluster():
+    """The PostgreSQL server started for the session (:mod:`tests.pgcluster`: initdb into a
+    temporary folder, 127.0.0.1 and a free port), stopped at the end; None when
+    MAILPATH_TEST_DATABASE_URL names a database to use instead."""
+    if os.environ.get("MAILPATH_TEST_DATABASE_URL"):
+        yield None
         return
     from tests.pgcluster import PostgresCluster
 
     with PostgresCluster() as cluster:
-        yield cluster.create_database("mailpath_tests")
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """A PostgreSQL database for the session: MAILPATH_TEST_DATABASE_URL's, else a new one on
+    :func:`postgres_cluster`."""
+    return os.environ.get("MAILPATH_TEST_DATABASE_URL") or postgres_cluster.create_database("mailpath_tests")
 
 
 DATABASES = ["sqlite", "postgresql"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "last: run after every other test on the same collector")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest has grouped the tests by the collector's database
+def pytest_collection_modifyitems(items):
+    """Tests marked ``last`` move behind the last test that shares their collector."""
+
+    def database(item):
+        spec = getattr(item, "callspec", None)
+        return spec.params.get("collector") if spec else None
+
+    for item in [i for i in items if i.get_closest_marker("last")]:
+        items.remove(item)
+        same = [k for k, other in enumerate(items) if database(other) == database(item)]
+        items.insert(same[-1] + 1 if same else len(items), item)
 
 
 @pytest.fixture(scope="session", params=DATABASES)
