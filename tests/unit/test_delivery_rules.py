@@ -261,7 +261,10 @@ def findings(draw) -> dict:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(findings(), min_size=1, max_size=8), st.dictionaries(names, names, max_size=2))
+@given(
+    st.lists(findings(), min_size=1, max_size=8, unique_by=lambda f: f["id"]),
+    st.dictionaries(names, names, max_size=2),
+)
 def test_each_finding_is_one_log_event_with_its_facts(batch, extra):
     # through the wire format: what a receiver decodes
     request = ExportLogsServiceRequest.FromString(
