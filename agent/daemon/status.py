@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import textwrap
 
 from mailpath.agent.daemon.config import AgentConfig
 from mailpath.agent.daemon.spool import Spool, SpoolError
@@ -91,9 +92,9 @@ def render(status: dict) -> str:
             f"{r['sent']} sent" + (" (interrupted)" if r.get("interrupted") else "")
         )
         for e in r.get("errors", [])[:10]:
-            lines.append(_cut(f"  failed: {e}"))
+            lines += _wrap(f"failed: {e}", "  ")
         if r.get("cloud_error"):
-            lines.append(_cut(f"  {r['cloud_error']}"))
+            lines += _wrap(r["cloud_error"], "  ")
     d = status["last_delivery"] or {}
     if not d:
         lines.append("last delivery  none yet")
@@ -102,15 +103,20 @@ def render(status: dict) -> str:
         lines.append(f"last delivery  {sink}: " + (f"{ok['findings']} at {ok['at']}" if ok else "none yet"))
         if info.get("failed"):
             f = info["failed"]
-            lines.append(_cut(f"  last failure {f['at']}: {f['reason']}"))
+            lines += _wrap(f"last failure {f['at']}: {f['reason']}", "  ")
     letters = status["dead_letters"]
     if letters:
         lines.append(f"dead letters (newest first, {len(letters)} shown):")
         for x in letters:
             lines.append(_cut(f"  {x['at']} {x['sink']} {x['port']} on {x['target']}"))
-            lines.append(_cut(f"    {x['reason']}"))
+            lines += _wrap(x["reason"], "    ")
             lines.append(f"    finding {x['finding_id']}")
     return "\n".join(lines)
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    """``text`` whole, in lines of at most 80 columns."""
+    return textwrap.wrap(text, 80, initial_indent=indent, subsequent_indent=indent + "  ") or [indent]
 
 
 def _cut(text: str, width: int = 80) -> str:

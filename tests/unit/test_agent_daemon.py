@@ -172,3 +172,38 @@ def test_a_round_that_fails_is_logged_and_the_daemon_goes_on(tmp_path, monkeypat
     with caplog.at_level("INFO", logger="mailpath"):
         assert asyncio.run(scenario()) is None
     assert "round 1 failed: RuntimeError: a bug" in caplog.text
+
+
+def test_status_lists_dead_letters_with_their_whole_reason(tmp_path):
+    from mailpath.agent.daemon.status import read_status, render
+
+    from tests.conftest import validate_document
+
+    path = write(tmp_path, [closed_port()])
+    reason = "422 schema-violation: finding 0 is not a valid mailpath.finding/v1: " + "port: too large " * 6
+    with Spool(tmp_path / "spool" / "spool.db", max_count=10, max_age=60) as s:
+        s.add([{"id": "f-1", "target": "mx.example.com", "port": 25}])
+        (item,) = s.pending("collector", 10)
+        s.dead_letter("collector", [(item, reason)], ["collector"])
+    doc = read_status(load(path))
+    assert doc["spool"]["dead"] == 1 and doc["last_round"] is None
+    (letter,) = doc["dead_letters"]
+    assert (letter["finding_id"], letter["sink"], letter["reason"], letter["port"]) == (
+        "f-1",
+        "collector",
+        reason,
+        25,
+    )
+    validate_document({"schema": "mailpath.agent-status/v1", **doc})
+    text = render(doc)
+    assert all(len(line) <= 80 for line in text.splitlines()[1:])
+    assert " ".join(text.split()).count(" ".join(reason.split())) == 1  # the whole reason, wrapped
+
+
+def test_status_without_a_spool_is_an_error(tmp_path):
+    from mailpath.agent.daemon.status import read_status
+    from mailpath.probes.errors import CannotRun
+
+    with pytest.raises(CannotRun, match="no spool at"):
+        read_status(load(write(tmp_path, [closed_port()])))
+    assert not (tmp_path / "spool").exists()
