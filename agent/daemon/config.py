@@ -219,6 +219,17 @@ class CloudConfig(_Strict):
         )
 
 
+class CaptureConfig(_Strict):
+    """``[capture]``: keep the packets of a target's round when its findings changed (pcapng,
+    in ``dir``; unset keeps none), at most ``keep`` files and ``max_bytes`` in all, and at most
+    ``max_packets`` packets per target and round."""
+
+    dir: Path | None = None
+    keep: int = Field(20, ge=1, le=100_000)
+    max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    max_packets: int = Field(100_000, ge=10, le=10_000_000)
+
+
 class MetricsConfig(_Strict):
     """``[metrics]``: ``listen`` ADDRESS:PORT for /metrics and /healthz (an IP address, not a
     name; port 0 takes any free port); "" serves no metrics."""
@@ -273,6 +284,7 @@ class AgentConfig(BaseSettings):
     otlp: OtlpSettings | None = None
     stdout: StdoutSettings | None = None
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -175,6 +175,7 @@ class TargetResult:
     facts: list[PortFacts] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    recorder: object | None = None  # its packets ([capture] dir set): a probes.capture.Recorder
 
 
 @dataclass
@@ -329,10 +330,11 @@ async def run_round(
                     return
                 start = time.monotonic()
                 opts, plans_ = p
+                recorder = _recorder(config)
                 try:
-                    obs, _ = await measure(plans_, opts, read)
+                    obs, _ = await measure(plans_, opts, read, recorder=recorder)
                     found = make_findings(plans_, obs, opts, who)
-                    result = TargetResult(t, found, [port_facts(f, obs) for f in found])
+                    result = TargetResult(t, found, [port_facts(f, obs) for f in found], recorder=recorder)
                 except Exception as e:
                     result = _failure(t, e)
                 result.seconds = time.monotonic() - start
@@ -351,6 +353,14 @@ async def run_round(
             rnd.findings += len(r.findings)
             rnd.problems += sum(f.cause != "none" for f in r.findings)
     return rnd, results
+
+
+def _recorder(config: AgentConfig):
+    if config.capture.dir is None:
+        return None
+    from mailpath.probes.capture import Recorder
+
+    return Recorder(limit=config.capture.max_packets)
 
 
 def _failure(t: TargetConfig, e: BaseException) -> TargetResult:

@@ -32,6 +32,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mailpath.agent.daemon.captures import keep_capture
 from mailpath.agent.daemon.config import AgentConfig, ConfigError, load
 from mailpath.agent.daemon.delivery import Delivery, make_sinks
 from mailpath.agent.daemon.metrics import Metrics, MetricsServer
@@ -339,6 +340,10 @@ class Daemon:
                 before = json.loads(self.state[_key(d.finding)].signature)["cause"]
                 for line in _change(d.finding, before):
                     log.info("%s", line)
+        capture = c.capture
+        changed = any(d.why == "changed" for d in decisions)
+        if changed and capture.dir is not None and result.recorder is not None:
+            keep_capture(capture.dir, self.number, name, result.recorder, capture.keep, capture.max_bytes)
         self.state = after
         self._sent.update(d.why for d in decisions)
 
