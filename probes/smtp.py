@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import functools
+import os
 import ssl
 import time
 import weakref
@@ -306,9 +308,23 @@ class _Conn:
 
 
 def _contexts(opts: SmtpOptions) -> dict[str, ssl.SSLContext]:
-    """verify: what a mail client does; trust: the chain only (no name, no dates); none."""
-    verify = ssl.create_default_context(cafile=opts.ca_file)
-    trust = ssl.create_default_context(cafile=opts.ca_file)
+    """verify: what a mail client does; trust: the chain only (no name, no dates); none.
+    Made once per CA file (and its modification time, so a replaced file is read again):
+    loading the system's trust store costs ~100 ms, and a context serves any number of
+    connections."""
+    stamp = None
+    if opts.ca_file:
+        try:
+            stamp = os.stat(opts.ca_file).st_mtime_ns
+        except OSError:
+            stamp = -1  # let ssl say what is wrong with it
+    return _made_contexts(opts.ca_file, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _made_contexts(ca_file: str | None, _stamp: int | None) -> dict[str, ssl.SSLContext]:
+    verify = ssl.create_default_context(cafile=ca_file)
+    trust = ssl.create_default_context(cafile=ca_file)
     trust.check_hostname = False
     trust.verify_flags |= _NO_CHECK_TIME
     none = ssl.create_default_context()
@@ -615,7 +631,7 @@ class _Session:
         message = f"{what}: {_ssl_reason(error)}"
         # Servers differ in how they refuse an old version (an alert, or a reset): ask the server
         # what it settles on when any version is allowed, and compare with this client's floor.
-        floor = ssl.create_default_context().minimum_version
+        floor = _contexts(self.opts)["verify"].minimum_version
         offered = await self._server_tls_version()
         if offered is not None and offered < floor:
             message = (

@@ -113,4 +113,6 @@ def test_an_idle_loop_times_out_on_time():
     with server(greet=False) as port:
         results, elapsed = asyncio.run(_checks(port, n=1, timeout=0.3, block=0.0, span=0))
     assert [p.code for p in results[0].problems] == ["no-greeting"]
-    assert 2 * 0.3 <= elapsed < 2 * 0.3 + 0.2  # the greeting, then whether the port speaks TLS
+    # the greeting's timeout, then whether the port speaks TLS: this server closes on the
+    # ClientHello, so that takes no timeout (the TLS contexts are made once, not per check)
+    assert 0.3 <= elapsed < 0.3 + 0.2
