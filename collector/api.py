@@ -224,7 +224,11 @@ async def post_findings(request: Request, principal: Sender) -> Any:
         return JSONResponse(rejected.body(), status_code=rejected.status)
     if agent is None:  # an empty batch from a fleet token: no host to name
         return IngestResult(accepted=0, new=0)
-    new = await run_in_threadpool(_store, state.engine, agent, findings)
+    if state.writer is None:
+        new = await run_in_threadpool(_store, state.engine, agent, findings)
+    else:
+        async with state.writer:
+            new = await run_in_threadpool(_store, state.engine, agent, findings)
     state.metrics.ingested.inc(new)
     return IngestResult(accepted=len({f.id for f in findings}), new=new)
 

@@ -42,6 +42,10 @@ class Collector:
     settings: CollectorSettings
     engine: Engine
     metrics: Metrics
+    # SQLite takes one writer at a time: batches wait for their turn here, in the event loop
+    # (in order, holding no thread), rather than in SQLite's busy handler, which retries after
+    # ever longer sleeps (up to 100 ms) and keeps a worker thread meanwhile
+    writer: asyncio.Lock | None = None
 
 
 def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: bool = True) -> FastAPI:
@@ -74,7 +78,8 @@ def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: b
         docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN: the document is /openapi.json
         redoc_url=None,
     )
-    app.state.collector = Collector(settings, engine, metrics)
+    writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+    app.state.collector = Collector(settings, engine, metrics, writer)
     app.include_router(api.router)
     dashboard.install(app)  # the HTML pages, /static, and the security headers on every response
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -15,16 +15,18 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from mailpath.agent.finding import SCHEMA_ID as FINDING_SCHEMA
 from mailpath.agent.finding import Finding
-from mailpath.collector.db import AgentRow, FindingRow, LatestRow, as_utc, utcnow
-from pydantic import ValidationError
+from mailpath.collector.db import AgentRow, FindingRow, JSONText, LatestRow, as_utc, utcnow
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import bindparam, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -177,9 +179,66 @@ def _errors(e: ValidationError) -> list[dict]:
     ]
 
 
+class _Batch(BaseModel):
+    """A well-formed batch, for the fast path: pydantic validates it from the bytes at once."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_: Literal["mailpath.diagnose/v1"] = Field(DOCUMENT_SCHEMA, alias="schema")
+    findings: list[Finding]
+    error: Any = None  # ignored, as below
+
+
+# an escaped NUL or UTF-16 surrogate: the slow path looks at the strings one by one
+_SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
 def parse(data: bytes) -> list[Finding]:
     """The findings of a ``mailpath.diagnose/v1`` document, each validated; the first bad one
-    rejects the whole batch with its index."""
+    rejects the whole batch with its index. A usual batch takes the fast path (about twice
+    as fast); anything else, the step-by-step one, which accepts exactly the same documents
+    and names what is wrong."""
+    findings = _parse_fast(data)
+    return findings if findings is not None else _parse_checked(data)
+
+
+def _parse_fast(data: bytes) -> list[Finding] | None:
+    """The findings of a batch pydantic validates straight from the JSON bytes, when nothing
+    in it needs a closer look; else None. What the models leave open is checked as the slow
+    path does: the free-form parts (``agent.cloud``, ``error``: depth, finite numbers), NUL
+    and surrogates (only written as escapes in valid UTF-8 JSON), the target's length and
+    ``created_at``'s range."""
+    if _SUSPECT.search(data):
+        return None
+    try:
+        batch = _Batch.model_validate_json(data)
+    except ValidationError:
+        return None
+    if batch.error is not None and not _plain(batch.error, MAX_DEPTH - 1):
+        return None
+    for finding in batch.findings:
+        cloud = finding.agent.cloud
+        if len(finding.target) > MAX_TARGET or (cloud is not None and not _plain(cloud, MAX_DEPTH - 4)):
+            return None
+        try:
+            finding.created_at = as_utc(finding.created_at)
+        except (OverflowError, ValueError):
+            return None
+    return batch.findings
+
+
+def _plain(value: object, depth: int) -> bool:
+    """Nested at most ``depth`` levels, and every number finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict | list):
+        return depth > 0 and all(
+            _plain(v, depth - 1) for v in (value.values() if isinstance(value, dict) else value)
+        )
+    return True
+
+
+def _parse_checked(data: bytes) -> list[Finding]:
+    """:func:`parse`, step by step: the first problem found is the answer."""
     doc = loads(data)
     if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
         raise Rejected(422, "not-a-batch", 'expected a JSON object {"findings": [...]}')
@@ -279,7 +338,7 @@ def store(session: Session, agent: str, findings: list[Finding], now: dt.datetim
             "severity": f.severity,
             "created_at": f.created_at,
             "received_at": now,
-            "doc": f.to_json_dict(),
+            "doc": JSONText(f.model_dump_json(by_alias=True)),
         }
         # in id order: two batches that share ids take their row locks in one order (PostgreSQL),
         # so they queue instead of deadlocking
@@ -312,6 +371,7 @@ def _advance(session: Session, agent: str, fresh: list[Finding]) -> None:
     by_key: dict[tuple[str, int], list[Finding]] = defaultdict(list)
     for f in sorted(fresh, key=lambda f: (f.created_at, str(f.id))):
         by_key[(f.target, f.port)].append(f)
+    signatures = {f.id: signature(f) for f in fresh}
     keys = sorted(by_key)
     table = LatestRow.__table__
     c = table.c
@@ -320,7 +380,10 @@ def _advance(session: Session, agent: str, fresh: list[Finding]) -> None:
         firsts = [by_key[k][0] for k in chunk]
         session.execute(
             _insert(session, table).on_conflict_do_nothing(),
-            [{"agent": agent, "target": f.target, "port": f.port, **_state(f, f.created_at)} for f in firsts],
+            [
+                {"agent": agent, "target": f.target, "port": f.port, **_state(f, f.created_at, signatures)}
+                for f in firsts
+            ],
         )
         rows = session.execute(
             select(c.target, c.port, c.finding_id, c.created_at, c.signature, c.since)
@@ -333,12 +396,12 @@ def _advance(session: Session, agent: str, fresh: list[Finding]) -> None:
             for f in by_key[(target, port)]:
                 if f.id == finding_id or f.created_at < created_at:
                     continue
-                new_sig = signature(f)
+                new_sig = signatures[f.id]
                 if new_sig != sig:
                     since = f.created_at
                 sig, created_at, finding_id, latest = new_sig, f.created_at, f.id, f
             if latest is not None:
-                changes.append({"k_target": target, "k_port": port, **_state(latest, since)})
+                changes.append({"k_target": target, "k_port": port, **_state(latest, since, signatures)})
         if changes:
             session.execute(
                 update(table)
@@ -348,7 +411,7 @@ def _advance(session: Session, agent: str, fresh: list[Finding]) -> None:
             )
 
 
-def _state(f: Finding, since: dt.datetime) -> dict:
+def _state(f: Finding, since: dt.datetime, signatures: dict[uuid.UUID, str]) -> dict:
     return {
         "finding_id": f.id,
         "created_at": f.created_at,
@@ -356,6 +419,6 @@ def _state(f: Finding, since: dt.datetime) -> dict:
         "severity": f.severity,
         "headline": f.headline,
         "location": f.location.model_dump(mode="json") if f.location else None,
-        "signature": signature(f),
+        "signature": signatures[f.id],
         "since": since,
     }
