@@ -29,6 +29,7 @@ bench: deps
 	$(PY) -m bench.agent_delivery
 	$(PY) -m bench.agent_idle
 	$(PY) -m bench.agent_round
+	$(PY) -m bench.collector_ingest
 
 deps: apt $(VENV)/.installed
 
