@@ -93,13 +93,20 @@ def say(text: str = "", width: int = WIDTH) -> None:
 
 
 def command(argv: Sequence[str], width: int = WIDTH) -> str:
-    """``$ ARGV`` as typed, long ones continued on the next lines with a backslash."""
-    lines, line = [], "$"
+    """``$ ARGV`` as typed; a long one continues on the next lines after a backslash, never
+    between an option and its value."""
+    units: list[str] = []
     for word in argv:
-        if len(line) + 1 + len(word) > width - 2 and line != "$":
+        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith("-"):
+            units[-1] += " " + word
+        else:
+            units.append(word)
+    lines, line = [], "$"
+    for unit in units:
+        if len(line) + 1 + len(unit) > width - 2 and line != "$":
             lines.append(line + " \\")
             line = "   "
-        line += " " + word
+        line += " " + unit
     return "\n".join([*lines, line])
 
 
@@ -318,7 +325,7 @@ def part_diagnose(d: Demo) -> None:
         "from here on r1 does what the cloud would: it drops 25 (AWS's block) and 465 (the security group)."
     )
     r = d.show(
-        ["diagnose", "lab.test", "--ca-file", "ca.pem", *FAST, "--smtp-timeout", "2", "--min-wait", "1"]
+        ["diagnose", "lab.test", "--ca-file", "ca.pem", *FAST, "--smtp-timeout", "5", "--min-wait", "1"]
     )
     d.expect(r.code == 1, f"diagnose exits 1 (it exited {r.code})")
     found = {(host, int(port)): cause for port, host, cause in FINDING.findall(r.flat)}
@@ -352,19 +359,19 @@ def part_collector(d: Demo) -> None:
 
 AGENT_TOML = """\
 agent_name = "{agent}"
-report = "changes"           # send a finding when its cause, place or verdicts change
-spool_dir = "spool"          # every finding is written here before it is sent
+report = "changes"   # send a finding when its cause, place or verdicts change
+spool_dir = "spool"  # every finding is written here before it is sent
 flush_timeout = 5
 
-[probe]                      # the lab answers in milliseconds
+[probe]              # the lab answers in milliseconds
 timeout = 0.5
 retries = 1
 min_wait = 1
-smtp_timeout = 2
+smtp_timeout = 5
 max_hops = 5
 
 [[targets]]
-target = "lab.test"          # a mail domain: its MX hosts are followed
+target = "lab.test"  # a mail domain: its MX hosts are followed
 ports = [25, 465, 587]
 tls_ca_file = "ca.pem"
 
@@ -376,7 +383,7 @@ token_file = "agent.token"
 retry_attempts = 2
 backoff_cap = 1.0
 
-[stdout]                     # also one JSON finding per line on stdout
+[stdout]             # and one JSON finding per line on stdout
 enabled = true
 
 [metrics]
@@ -592,6 +599,22 @@ PARTS = (
 # -- the whole run -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """This process's stderr on /dev/null for a while, so the processes it starts meanwhile
+    inherit that (a Ctrl-C on the terminal reaches the whole foreground process group)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def child_env(width: int, cloud_env: dict[str, str]) -> dict[str, str]:
     """The environment of the demo's commands: the cloud emulation's (IMDS, moto), the width,
     plain text, and no proxy (everything is on the client namespace's loopback or the lab)."""
@@ -624,7 +647,8 @@ def main() -> int:
             mail = setup_mail(lab)
             shutil.copy(mail.ca_file, workdir / "ca.pem")
             cloud = lab_cloud.start(lab)
-            ids = cloud.world("open")
+            with _stderr_to_devnull():  # lab.imds inherits it: no traceback of it on Ctrl-C
+                ids = cloud.world("open")
             lab.exec(
                 "client",
                 [sys.executable, "-m", "lab.demo_cloud", cloud.endpoint, ids["sg"], "25,587"],
@@ -642,6 +666,9 @@ def main() -> int:
     except KeyboardInterrupt:
         say("\ninterrupted: the lab is torn down", width)
         return 130
+    except SystemExit:  # SIGTERM: lab.network's handler has torn the lab down
+        say("\nstopped (SIGTERM): the lab is torn down", width)
+        raise
     except Exception:  # a bug, or the lab could not be built: said whole, after the teardown
         traceback.print_exc()
         say(f"\nthe demo failed (above); the lab is torn down ({workdir or 'no work folder yet'}).", width)

@@ -7,7 +7,9 @@ no work folder."""
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -60,6 +62,24 @@ def _mentioning(word: str) -> list[str]:
     return found
 
 
+def _left_behind(out: str, sid: int) -> list[str]:
+    """What the run whose output is ``out`` left: namespaces, its registry entry, /etc/netns
+    folders, its work folder, processes of its session or naming its lab."""
+    prefix = re.search(r"building the lab (mp[0-9a-f]{6})", out).group(1)
+    left = [
+        ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    ]
+    left = [ns for ns in left if ns.startswith(f"{prefix}-")]
+    left += [str(p) for p in (Path("/run/mailpath-lab") / prefix,) if p.exists()]
+    left += [str(p) for p in Path("/etc/netns").glob(f"{prefix}-*")]
+    if found := re.search(r"work folder (\S+)", out):
+        left += [found.group(1)] if os.path.exists(found.group(1)) else []
+    deadline = time.monotonic() + 5  # processes killed at the teardown may take a moment to go
+    while (procs := _session_members(sid) + _mentioning(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left + procs
+
+
 def test_make_demo_without_a_terminal():
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.demo"],
@@ -106,15 +126,55 @@ def test_make_demo_without_a_terminal():
         )
         assert 0 < (received - created) % 86400 < 600, table
 
-    # nothing left behind
-    prefix = re.search(r"building the lab (mp[0-9a-f]{6})", out).group(1)
-    workdir = re.search(r"work folder (\S+)", out).group(1)
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"{prefix}-" not in namespaces
-    assert not (Path("/run/mailpath-lab") / prefix).exists()
-    assert not list(Path("/etc/netns").glob(f"{prefix}-*"))
-    assert not os.path.exists(workdir)
-    deadline = time.monotonic() + 5  # processes killed at the teardown may take a moment to go
-    while (left := _session_members(proc.pid) + _mentioning(prefix)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, left
+    assert not _left_behind(out, proc.pid)
+
+
+def test_ctrl_c_on_a_terminal_tears_everything_down():
+    """On a terminal, Ctrl-C (SIGINT to the whole foreground process group, the lab's
+    processes included) in the middle of the demo: exit 130, everything removed."""
+    pid, fd = pty.fork()  # a new session whose controlling terminal is the pty
+    if pid == 0:  # the child: the demo, on a terminal
+        os.chdir(REPO)
+        os.execv(sys.executable, [sys.executable, "-m", "lab.demo"])
+    out = b""
+    status = None
+
+    def read(seconds: float) -> bool:
+        """Read what the demo wrote within ``seconds``; False once the terminal is closed."""
+        nonlocal out
+        if select.select([fd], [], [], seconds)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: every process on the terminal has closed it
+                return False
+            out += chunk
+            return bool(chunk)
+        return True
+
+    try:
+        deadline = time.monotonic() + 180
+        while b"$ mailpath probe" not in out and time.monotonic() < deadline and read(0.5):
+            pass
+        assert b"$ mailpath probe" in out, out.decode(errors="replace")[-3000:]
+        os.write(fd, b"\x03")  # Ctrl-C, through the terminal's line discipline
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            open_ = read(0.5)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+            if not open_:
+                time.sleep(0.2)
+        while read(0.1) and select.select([fd], [], [], 0)[0]:
+            pass  # the rest of its output
+    finally:
+        if status is None:
+            os.kill(pid, 15)  # the demo tears down on SIGTERM too
+            _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace").replace("\r", "")
+    assert os.waitstatus_to_exitcode(status) == 130, text[-3000:]
+    assert "interrupted: the lab is torn down" in text
+    assert "Traceback" not in text, text  # nor any of its processes' on the terminal
+    assert not _left_behind(text, pid)
