@@ -24,9 +24,9 @@ typed and its output, run in the client namespace:
     with a viewer token, until Ctrl-C; without one, the demo ends there.
 
 What each part showed is checked against what its faults should make it show; the exit code
-is 0 when everything was as expected, 1 otherwise, 130 when interrupted. The lab (its
-namespaces, every process started in them, the work folder) is torn down in every case: at
-the end, on an error, on Ctrl-C and on SIGTERM. Output fits 80 columns (child commands get
+is 0 when everything was as expected, 1 otherwise (or on an error), 130 on Ctrl-C, 143 on
+SIGTERM. The lab (its namespaces, every process started in them, the work folder) is torn
+down in every case: at the end, on an error, on Ctrl-C and on SIGTERM. Output fits 80 columns (child commands get
 ``COLUMNS``; any longer line is wrapped) and is plain text off a terminal.
 """
 
@@ -424,7 +424,7 @@ class Agent:
 
     def table(self, why: dict) -> None:
         d = self.d
-        room = d.width - 36 - 9
+        room = max(10, d.width - 36 - 9)
         d.say(f"  {'target:port':<18}  {'cause':<12}  {'where, or what':<{room}}  sent")
         for key in sorted(self.state):
             f = self.state[key]
