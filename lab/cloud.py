@@ -45,7 +45,11 @@ class Cloud:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(self.ids["imds"], f)
         self._imds = self.lab.popen(
-            "client", [sys.executable, "-m", "lab.imds", f.name], stdout=subprocess.PIPE, text=True
+            "client",
+            [sys.executable, "-m", "lab.imds", f.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # a Ctrl-C on a terminal: no traceback of the helper
+            text=True,
         )
         _ready, port = self._imds.stdout.readline().split()
         Path(f.name).unlink()
