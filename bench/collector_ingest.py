@@ -298,7 +298,7 @@ def raw_insert_rate(database: str, size: int, seconds: float) -> float:
     """The rows the collector stores for these findings, as it makes them (the document as
     pydantic serializes it), inserted and nothing else."""
     from mailpath.collector import ingest
-    from mailpath.collector.db import FindingRow, JSONText
+    from mailpath.collector.db import FindingRow
 
     engine = _engine(database)
     now = dt.datetime.now(dt.UTC)
@@ -306,20 +306,7 @@ def raw_insert_rate(database: str, size: int, seconds: float) -> float:
     bodies = Bodies("raw", size, now)
 
     def prepare() -> list[dict]:
-        return [
-            {
-                "id": f.id,
-                "agent": "raw",
-                "target": f.target,
-                "port": f.port,
-                "cause": f.cause,
-                "severity": f.severity,
-                "created_at": f.created_at,
-                "received_at": now,
-                "doc": JSONText(f.model_dump_json(by_alias=True)),
-            }
-            for f in ingest.parse(bodies.next())
-        ]
+        return [ingest.finding_row(f, "raw", now) for f in ingest.parse(bodies.next())]
 
     def work(rows: list[dict]) -> int:
         with engine.begin() as conn:

@@ -54,6 +54,21 @@ class Rejected(Exception):
         return out
 
 
+def finding_row(f: Finding, agent: str, received_at: dt.datetime) -> dict[str, Any]:
+    """The ``findings`` row of one finding (the document as pydantic serializes it)."""
+    return {
+        "id": f.id,
+        "agent": agent,
+        "target": f.target,
+        "port": f.port,
+        "cause": f.cause,
+        "severity": f.severity,
+        "created_at": f.created_at,
+        "received_at": received_at,
+        "doc": JSONText(f.model_dump_json(by_alias=True)),
+    }
+
+
 def _too_large(limit: int, what: str) -> Rejected:
     return Rejected(413, "too-large", f"the {what} is over the limit of {limit} bytes")
 
@@ -329,17 +344,7 @@ def store(session: Session, agent: str, findings: list[Finding], now: dt.datetim
     if not unique:
         return 0
     rows = [
-        {
-            "id": f.id,
-            "agent": agent,
-            "target": f.target,
-            "port": f.port,
-            "cause": f.cause,
-            "severity": f.severity,
-            "created_at": f.created_at,
-            "received_at": now,
-            "doc": JSONText(f.model_dump_json(by_alias=True)),
-        }
+        finding_row(f, agent, now)
         # in id order: two batches that share ids take their row locks in one order (PostgreSQL),
         # so they queue instead of deadlocking
         for f in sorted(unique.values(), key=lambda f: f.id)
