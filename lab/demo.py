@@ -26,8 +26,9 @@ typed and its output, run in the client namespace:
 What each part showed is checked against what its faults should make it show; the exit code
 is 0 when everything was as expected, 1 otherwise (or on an error), 130 on Ctrl-C, 143 on
 SIGTERM. The lab (its namespaces, every process started in them, the work folder) is torn
-down in every case: at the end, on an error, on Ctrl-C and on SIGTERM. Output fits 80 columns (child commands get
-``COLUMNS``; any longer line is wrapped) and is plain text off a terminal.
+down in every case: at the end, on an error, on Ctrl-C and on SIGTERM. Output fits 80
+columns (child commands get ``COLUMNS``; any longer line is wrapped) and is plain text off a
+terminal.
 """
 
 from __future__ import annotations
