@@ -68,6 +68,7 @@ class FaultProxy:
         self._release: asyncio.Event | None = None
         self._client: httpx.AsyncClient | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
         self.port = 0
 
     # -- control (from the test's thread) --------------------------------------------------
@@ -139,6 +140,9 @@ class FaultProxy:
     async def _close(self) -> None:
         self._release.set()  # type: ignore[union-attr]
         await self._refuse()
+        for task in list(self._tasks):  # connections the clients left open
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._client.aclose()  # type: ignore[union-attr]
 
     def _next_fault(self) -> Fault:
@@ -147,6 +151,9 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -174,6 +181,7 @@ class FaultProxy:
             return
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)  # type: ignore[arg-type]
             writer.close()
 
     async def _answer(self, request: h11.Request, body: bytes, fault: Fault):
