@@ -359,7 +359,7 @@ class Delivery:
                 return
             except SpoolError as e:
                 log.error("%s: %s; trying again in %.0f s", sink.name, e, self.settings.poll_interval)
-            await _wait_any((wake, stop), self.settings.poll_interval)
+            await wait_any((wake, stop), self.settings.poll_interval)
 
     def _batch_size(self, sink: Sink) -> int:
         return min(self.settings.batch_size, sink.batch_size or self.settings.batch_size)
@@ -514,7 +514,7 @@ def _set_all(events: list[asyncio.Event]) -> None:
         event.set()
 
 
-async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+async def wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
     """Until one of ``events`` is set, or ``timeout`` seconds."""
     waiters = [asyncio.create_task(e.wait()) for e in events]
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from mailpath.agent.daemon.captures import keep_capture
 from mailpath.agent.daemon.config import AgentConfig, ConfigError, load
-from mailpath.agent.daemon.delivery import Delivery, make_sinks
+from mailpath.agent.daemon.delivery import Delivery, make_sinks, wait_any
 from mailpath.agent.daemon.metrics import Metrics, MetricsServer
 from mailpath.agent.daemon.rounds import Round, TargetResult, dump_state, load_state, prune, run_round, select
 from mailpath.agent.daemon.spool import Spool, SpoolError
@@ -470,12 +470,7 @@ async def _until(when: float, *events: asyncio.Event) -> None:
     delay = when - loop.time()
     if delay <= 0 or any(e.is_set() for e in events):
         return
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+    await wait_any(events, delay)
 
 
 def run(config_path: Path, *, verbose: bool = False) -> int:
