@@ -71,7 +71,7 @@ class Tcpdump:
         self.path = path
         self.proc = mail.lab.popen(
             "client",
-            ["tcpdump", "-i", "r1", "-n", "-U", "-Z", "root", "-w", str(path), "tcp or icmp or icmp6"],
+            ["tcpdump", "-i", "r1", "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), "tcp or icmp or icmp6"],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -79,7 +79,9 @@ class Tcpdump:
         assert "listening on" in line, line
 
     def stop(self) -> None:
-        time.sleep(0.3)  # the last replies are in the kernel's queue to tcpdump
+        # immediate mode hands each packet over as it comes (without it, libpcap's ring
+        # holds a block up to a second, and SIGINT drops what was not handed over)
+        time.sleep(0.3)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
 
