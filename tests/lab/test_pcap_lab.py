@@ -71,7 +71,19 @@ class Tcpdump:
         self.path = path
         self.proc = mail.lab.popen(
             "client",
-            ["tcpdump", "-i", "r1", "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path), "tcp or icmp or icmp6"],
+            [
+                "tcpdump",
+                "-i",
+                "r1",
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-w",
+                str(path),
+                "tcp or icmp or icmp6",
+            ],
             stderr=subprocess.PIPE,
             text=True,
         )
