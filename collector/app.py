@@ -81,6 +81,7 @@ def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: b
     writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
     app.state.collector = Collector(settings, engine, metrics, writer)
     app.include_router(api.router)
+    app.add_middleware(InternalErrors)
     dashboard.install(app)  # the HTML pages, /static, and the security headers on every response
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _errors_as_json(app)
@@ -114,10 +115,39 @@ def _errors_as_json(app: FastAPI) -> None:
         return JSONResponse({"detail": "the database is unavailable, try again later"}, status_code=503)
 
     @app.exception_handler(DBAPIError)
-    @app.exception_handler(Exception)
     async def internal(_request: Request, exc: Exception) -> JSONResponse:
         log.error("internal error: %s", type(exc).__name__, exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+class InternalErrors:
+    """Pure ASGI middleware, inside the metrics and the security headers: an unexpected
+    exception is logged once and answered as a JSON 500 that is counted and carries the
+    headers, and the connection stays open. (Starlette's handler for ``Exception`` answers
+    outside every middleware, then re-raises, so the server logs it again and drops the
+    connection.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+            if started:  # too late for an answer of our own
+                raise
+            await JSONResponse({"detail": "internal error"}, status_code=500)(scope, receive, send)
 
 
 def _openapi(app: FastAPI) -> dict:

@@ -67,6 +67,31 @@ def test_readyz_is_503_and_requests_are_503_json_when_the_database_is_gone(tmp_p
         assert c.get("/readyz").status_code == 200
 
 
+def test_an_internal_error_is_a_json_500_with_the_security_headers_and_no_token_logged(tmp_path, caplog):
+    from mailpath.collector.app import create_app
+    from mailpath.collector.settings import load_settings
+
+    app = create_app(load_settings(data_dir=str(tmp_path)))
+    token = "mpc_" + "y" * 43
+    with _in_thread(app) as url, httpx.Client(base_url=url, trust_env=False, timeout=10) as c:
+        state = app.state.collector
+        working, state.engine = state.engine, None  # any use of it raises AttributeError
+        try:
+            r = c.get("/v1/agents", headers={"Authorization": f"Bearer {token}"})
+        finally:
+            state.engine = working
+        assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY"
+        assert c.get("/healthz").status_code == 200  # on the same connection
+        counted = _metrics(c)["mailpath_collector_requests_total"]
+        assert counted[(("method", "GET"), ("route", "/v1/agents"), ("status", "500"))] == 1, counted
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["internal error: UnboundExecutionError"]  # once
+    assert token not in caplog.text
+
+
 def _metrics(client) -> dict[str, dict[tuple, float]]:
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
