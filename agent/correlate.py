@@ -23,6 +23,7 @@ finding's (``error`` when no address works, ``warning`` when another one does).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -637,6 +638,14 @@ def diagnose_address(o: Observation, target: str) -> Diagnosis:
     return rule()
 
 
+_RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+def _address_key(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
 def combine(observations: list[Observation], target: str) -> Diagnosis:
     """One diagnosis for all addresses of a target and port."""
     per = [(o, diagnose_address(o, target)) for o in observations]
@@ -645,8 +654,9 @@ def combine(observations: list[Observation], target: str) -> Diagnosis:
         o, d = per[0]
         d.evidence = [e for _, x in per for e in x.evidence]
         return d
-    o, chosen = failing[0]
-    ok = [x for x, d in per if d.cause == "none"]
+    # the most severe, then by address: the same choice whatever order DNS gave them in
+    o, chosen = min(failing, key=lambda od: (_RANK.get(od[1].severity, 3), _address_key(od[0].address)))
+    ok = sorted((x for x, d in per if d.cause == "none"), key=lambda x: _address_key(x.address))
     if ok and chosen.severity == "error":
         chosen.severity = "warning"
         chosen.summary += f" (works on {', '.join(x.address for x in ok)})"

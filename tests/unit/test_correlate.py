@@ -229,6 +229,27 @@ def test_one_working_address_makes_it_a_warning():
     assert combine([good], "mx.example.com").cause == "none"
 
 
+def test_the_choice_among_failing_addresses_does_not_depend_on_dns_order():
+    def observations():
+        return [
+            Observation(
+                "2001:db8::25", probe("filtered", address="2001:db8::25"), trace(drop_after=2, furthest=3)
+            ),
+            Observation(DEST, probe("refused", responder=DEST)),
+            Observation("192.0.2.99", probe("open", address="192.0.2.99"), smtp=smtp()),
+        ]
+
+    seen = set()
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1]):
+        group = observations()
+        d = combine([group[i] for i in order], "mx.example.com")
+        seen.add((d.cause, d.summary, d.severity, repr(d.location)))
+    assert len(seen) == 1, seen
+    ((cause, summary, severity, _),) = seen
+    # both failing ones are errors: the IPv4 address is told; the working one is named
+    assert cause == "service" and severity == "warning" and summary.endswith("(works on 192.0.2.99)")
+
+
 # -- the schema and the report ---------------------------------------------------------------
 
 
