@@ -274,21 +274,23 @@ def print_evaluations(docs: list[dict], console: Console | None = None) -> None:
                 b["component"].replace("-", " ") for b in d["blockers"] if not b["certain"]
             )
             verdict = "likely blocked: " + ", ".join(likely)
-        console.print(
-            f"[bold]TCP {dest['port']} to {dest['address']}[/] from "
-            f"{d['instance'].get('instance_id') or d['instance'].get('eni_id') or 'this host'} "
-            f"({d['provider']}): [{colour.get(d['verdict'], 'yellow')}]{verdict}[/]"
+        source = d["instance"].get("instance_id") or d["instance"].get("eni_id") or "this host"
+        say(
+            console,
+            f"TCP {dest['port']} to {dest['address']} from {source} ({d['provider']}): {verdict}",
+            hang=4,
+            style=f"bold {colour.get(d['verdict'], 'yellow')}",
         )
         for b in d["blockers"]:
             what = f"{b['component']} {b['id'] or ''}".strip() + (f" rule {b['rule']}" if b["rule"] else "")
             style = "red" if b["certain"] else "yellow"  # the message of an uncertain one says so
-            console.print(f"  [{style}]{b['code']}[/] {what} ({b['direction']}): {b['message']}")
+            say(console, f"{b['code']} {what} ({b['direction']}): {b['message']}", 2, 4, style=style)
         rows = [
             [c["component"], c["direction"], c["id"] or "-", c["result"], c["detail"]] for c in d["checked"]
         ]
         grid(console, ["checked", "direction", "id", "result", "detail"], rows, wrap="detail")
         for m in d["unchecked"]:
-            console.print(f"  [yellow]{m['message']}[/]")
+            say(console, m["message"], 2, 4, style="yellow")
         console.print()
 
 

@@ -58,3 +58,50 @@ def test_report_lines_fit_80_columns_and_never_split_an_address_or_the_cause():
     assert "— cloud-config" in text  # the cause stays with the dash
     assert text.count("2001:db8") == text.count(v6)  # every address whole on its line
     assert text.rstrip().endswith("1 target, 1 port: 0 ok, 1 with a problem (cloud-config 1)")
+
+
+def test_cloud_evaluations_wrap_under_their_indent_within_80_columns():
+    from mailpath.agent.render import print_evaluations
+
+    long = (
+        "AWS blocks outbound TCP 25 from EC2 instances by default; ask AWS to lift it "
+        "(the 'Request to remove email sending limitations' form) or relay through port 587"
+    )
+    doc = {
+        "provider": "aws",
+        "instance": {"instance_id": "i-0123456789abcdef0"},
+        "destination": {"address": "2001:db8:3::10", "port": 25},
+        "verdict": "likely-blocked",
+        "blockers": [
+            {
+                "component": "provider-policy",
+                "id": None,
+                "rule": None,
+                "certain": False,
+                "code": "provider-port-25",
+                "direction": "egress",
+                "message": long,
+            }
+        ],
+        "checked": [
+            {
+                "component": "security-group",
+                "direction": "egress",
+                "id": "sg-1",
+                "result": "allows",
+                "detail": "0/0",
+            }
+        ],
+        "unchecked": [{"action": "ec2:DescribeNetworkAcls", "message": "not read: " + long}],
+    }
+    console = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    print_evaluations([doc], console)
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    blocker = next(i for i, ln in enumerate(lines) if ln.startswith("  provider-port-25 provider-policy"))
+    assert lines[blocker + 1].startswith("      ") and lines[blocker + 1].strip(), lines  # hangs
+    table = next(i for i, ln in enumerate(lines) if ln.startswith("checked "))
+    told = lines[1:table] + lines[table + 2 :]  # all but the first line and the table's
+    assert all(ln.startswith(" ") for ln in told if ln.strip()), lines  # nothing back at column 0
+    text = " ".join(" ".join(lines).split())
+    assert "likely blocked: provider policy" in text and long in text
