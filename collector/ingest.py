@@ -12,6 +12,7 @@ nothing of a rejected batch is stored.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -307,15 +308,29 @@ def _parse_checked(data: bytes) -> list[Finding]:
 # -- store -------------------------------------------------------------------------------
 
 
+def _state_of(finding: Finding) -> tuple:
+    """What makes a state, as a hashable value: the cause, where it is, and each address's
+    verdict. ``since`` is when a target's state last changed."""
+    loc = finding.location
+    return (
+        finding.cause,
+        None if loc is None else (loc.kind, loc.hop, loc.address, loc.component),
+        tuple(sorted((a.address, a.verdict) for a in finding.addresses)),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(state: tuple) -> str:
+    cause, loc, verdicts = state
+    location = None if loc is None else dict(zip(("kind", "hop", "address", "component"), loc, strict=True))
+    doc = {"cause": cause, "location": location, "verdicts": verdicts}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def signature(finding: Finding) -> str:
-    """What makes a state: the cause, where it is, and each address's verdict. ``since`` is
-    when a target's signature last changed."""
-    state = {
-        "cause": finding.cause,
-        "location": finding.location.model_dump(mode="json") if finding.location else None,
-        "verdicts": sorted((a.address, a.verdict) for a in finding.addresses),
-    }
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+    """The digest of a finding's state (stored with the latest state, compared with the next
+    one's); a fleet repeats few states, so each is hashed once."""
+    return _digest(_state_of(finding))
 
 
 def _insert(session: Session, table):

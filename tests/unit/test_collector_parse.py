@@ -160,3 +160,46 @@ def test_usual_batches_take_the_fast_path():
     assert all(f.created_at.tzinfo is dt.UTC for f in fast)
     emoji = {"findings": [{**_finding(), "headline": "😀 dropped"}]}
     assert ingest._parse_fast(json.dumps(emoji, ensure_ascii=False).encode()) is not None
+
+
+def _signature_as_stored(finding) -> str:
+    """The digest the collector has stored with every latest state since migration 0001."""
+    import hashlib
+
+    state = {
+        "cause": finding.cause,
+        "location": finding.location.model_dump(mode="json") if finding.location else None,
+        "verdicts": sorted((a.address, a.verdict) for a in finding.addresses),
+    }
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
+
+
+@given(
+    cause=st.sampled_from(["none", "firewall", "network", "tls"]),
+    location=st.none()
+    | st.fixed_dictionaries(
+        {"kind": st.sampled_from(["local", "hop", "destination", "cloud"])},
+        optional={
+            "hop": st.integers(1, 64),
+            "address": st.sampled_from(["198.18.2.1", "2001:db8:2::1"]),
+            "component": st.text(max_size=6),
+        },
+    ),
+    addresses=st.lists(
+        st.fixed_dictionaries(
+            {
+                "address": st.sampled_from(["198.18.3.2", "198.18.3.3", "2001:db8:3::2"]),
+                "verdict": st.sampled_from(["open", "filtered", "refused", "reset-in-path"]),
+            }
+        ),
+        max_size=4,
+    ),
+)
+def test_the_state_signature_is_the_one_stored_before(cause, location, addresses):
+    from mailpath.agent.finding import Finding
+
+    doc = {**_finding(), "cause": cause, "location": location, "addresses": addresses}
+    finding = Finding.model_validate(doc)
+    assert ingest.signature(finding) == _signature_as_stored(finding)
+    shuffled = Finding.model_validate({**doc, "addresses": addresses[::-1]})
+    assert ingest.signature(shuffled) == ingest.signature(finding)
