@@ -227,8 +227,7 @@ async def post_findings(request: Request, principal: Sender) -> Any:
     if state.writer is None:
         new = await run_in_threadpool(_store, state.engine, agent, findings)
     else:
-        async with state.writer:
-            new = await run_in_threadpool(_store, state.engine, agent, findings)
+        new = await state.writer.store(agent, findings)
     state.metrics.ingested.inc(new)
     return IngestResult(accepted=len({f.id for f in findings}), new=new)
 

@@ -24,6 +24,7 @@ from mailpath.collector.dashboard import routes as dashboard
 from mailpath.collector.db import make_engine, write_session
 from mailpath.collector.metrics import Metrics, MetricsMiddleware
 from mailpath.collector.settings import CollectorSettings
+from mailpath.collector.writer import GroupWriter
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -44,8 +45,9 @@ class Collector:
     metrics: Metrics
     # SQLite takes one writer at a time: batches wait for their turn here, in the event loop
     # (in order, holding no thread), rather than in SQLite's busy handler, which retries after
-    # ever longer sleeps (up to 100 ms) and keeps a worker thread meanwhile
-    writer: asyncio.Lock | None = None
+    # ever longer sleeps (up to 100 ms) and keeps a worker thread meanwhile; those that waited
+    # together are committed together
+    writer: GroupWriter | None = None
 
 
 def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: bool = True) -> FastAPI:
@@ -78,7 +80,7 @@ def create_app(settings: CollectorSettings | None = None, *, migrate_on_start: b
         docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN: the document is /openapi.json
         redoc_url=None,
     )
-    writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+    writer = GroupWriter(engine) if engine.dialect.name == "sqlite" else None
     app.state.collector = Collector(settings, engine, metrics, writer)
     app.include_router(api.router)
     app.add_middleware(InternalErrors)
