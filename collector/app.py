@@ -26,7 +26,7 @@ from mailpath.collector.metrics import Metrics, MetricsMiddleware
 from mailpath.collector.settings import CollectorSettings
 from mailpath.collector.writer import GroupWriter
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -115,11 +115,6 @@ def _errors_as_json(app: FastAPI) -> None:
     async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", type(exc).__name__)
         return JSONResponse({"detail": "the database is unavailable, try again later"}, status_code=503)
-
-    @app.exception_handler(DBAPIError)
-    async def internal(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 class InternalErrors:
